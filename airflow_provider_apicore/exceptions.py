@@ -1,0 +1,184 @@
+"""Exceptions raised by the APICore provider.
+
+Every error the provider raises derives from :class:`ApicoreError`, so a DAG can catch them all at
+once, and each subclass carries the facts a user needs to act (field, file, code, task id) as
+attributes as well as in its message. No message ever contains the API token or image data.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException
+
+#: Longest excerpt of a server answer quoted in an error message.
+EXCERPT_LIMIT = 200
+
+
+def safe_excerpt(text: str | bytes | None, limit: int = EXCERPT_LIMIT) -> str:
+    """Return a short, single-line, printable excerpt of a server answer for an error message."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    flat = " ".join(text.split())
+    flat = "".join(ch if ch.isprintable() else "?" for ch in flat)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class ApicoreError(AirflowException):
+    """Base class of every error raised by the APICore provider."""
+
+
+class ApicoreConfigError(ApicoreError):
+    """A connection or an operator argument is unusable (missing token, host without scheme, ...)."""
+
+
+class ApicoreInputError(ApicoreError, ValueError):
+    """User input was rejected before anything was sent to APICore."""
+
+
+class InvalidImageError(ApicoreInputError):
+    """
+    An image cannot be described: not an image, unsupported type, empty, too large, unreadable.
+
+    :param source: the file (or "data URL") that was rejected
+    :param rule: the rule it broke, in words a user can act on
+    """
+
+    def __init__(self, source: str, rule: str) -> None:
+        self.source = source
+        self.rule = rule
+        super().__init__(f"Image {source!r} rejected: {rule}")
+
+
+class PayloadValidationError(ApicoreInputError):
+    """
+    The request payload broke the JSON Schema shipped with the provider.
+
+    :param field: the payload field at fault (``base64``, ``notifyHook``, ``state`` or ``<root>``)
+    :param rule: the rule it broke
+    """
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"Payload field {field!r} is invalid: {rule}")
+
+
+class ApicoreAuthError(ApicoreError):
+    """APICore refused the token (HTTP 401/403). Names the connection, never the token."""
+
+    def __init__(self, conn_id: str, status: int, detail: str = "") -> None:
+        self.conn_id = conn_id
+        self.status = status
+        what = "rejected the API token" if status == 401 else "refused access with this API token"
+        msg = (
+            f"APICore {what} (HTTP {status}) of connection {conn_id!r}. Check the connection's "
+            "password (API token): it may be wrong, expired, disabled or out of quota."
+        )
+        if detail:
+            msg += f" Server said: {detail}"
+        super().__init__(msg)
+
+
+class ApicoreHTTPError(ApicoreError):
+    """An HTTP status the client cannot act on, or retries ran out."""
+
+    def __init__(self, message: str, status: int | None = None, excerpt: str = "") -> None:
+        self.status = status
+        self.excerpt = excerpt
+        super().__init__(message + (f" Response began: {excerpt!r}" if excerpt else ""))
+
+
+class ApicoreResponseError(ApicoreError):
+    """The server answered something that is not the protocol (non-JSON, missing ``code``, ...)."""
+
+    def __init__(self, reason: str, excerpt: str = "") -> None:
+        self.reason = reason
+        self.excerpt = excerpt
+        super().__init__(
+            f"Malformed APICore answer: {reason}" + (f" Excerpt: {excerpt!r}" if excerpt else "")
+        )
+
+
+class SubmissionFateUnknownError(ApicoreError):
+    """
+    A submission may or may not have reached APICore (read timeout or reset after sending).
+
+    It is never blindly retried, since that could start the same paid job twice. Callers that tag
+    submissions through ``state`` can look the task up to reconcile it.
+    """
+
+    def __init__(self, endpoint: str, cause: str, state: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.cause = cause
+        self.state = state
+        super().__init__(
+            f"The submission to {endpoint} may or may not have been accepted ({cause}); it was not "
+            "retried to avoid a duplicate job. Look the task up before submitting again."
+        )
+
+
+class ApicoreSubmitError(ApicoreError):
+    """APICore refused a submission; ``code`` and ``description`` are the server's."""
+
+    def __init__(self, code: int | None, description: str, properties: dict | None = None) -> None:
+        self.code = code
+        self.description = description
+        self.properties = properties or {}
+        super().__init__(f"APICore refused the submission: code {code}, {description!r}")
+
+
+class ApicoreQueueFullError(ApicoreSubmitError):
+    """Code 23: the account's queue is full. Nothing was accepted; retry after a backoff."""
+
+
+class ApicoreBannedPromptError(ApicoreSubmitError):
+    """Code 24: the prompt or image contains a banned word."""
+
+    @property
+    def banned_word(self) -> str | None:
+        return self.properties.get("bannedWord")
+
+
+class ApicoreValidationError(ApicoreSubmitError):
+    """Code 4: the server rejected the payload (bad base64, missing field)."""
+
+
+class ApicoreNotFoundError(ApicoreSubmitError):
+    """Code 3: the server did not find what the submission refers to."""
+
+
+class TaskNotFoundError(ApicoreError):
+    """The server does not know (or no longer knows) a task id."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"APICore does not know task {task_id!r}: it may have expired, or belong to another account."
+        )
+
+
+class TaskFailedError(ApicoreError):
+    """A task ended in FAILURE (or CANCEL); carries the server's ``failReason``."""
+
+    def __init__(self, task_id: str, status: str, fail_reason: str | None) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.fail_reason = fail_reason
+        super().__init__(f"Midjourney task {task_id} ended {status}: {fail_reason or 'no reason given'}")
+
+
+class TaskTimeoutError(ApicoreError):
+    """Waiting for a task passed its timeout; says the last status and progress seen."""
+
+    def __init__(
+        self, task_id: str, timeout: float, last_status: str | None, last_progress: str | None
+    ) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.last_status = last_status
+        self.last_progress = last_progress
+        super().__init__(
+            f"Midjourney task {task_id} did not finish within {timeout:g}s; last seen status "
+            f"{last_status or 'unknown'}, progress {last_progress or 'unknown'}"
+        )

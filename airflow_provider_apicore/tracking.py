@@ -1,0 +1,118 @@
+"""
+Following many Midjourney tasks at once: the bookkeeping shared by every waiting path.
+
+:class:`TaskTracker` holds no I/O. The polling operator, the sensor, the batch operator and the async
+trigger all drive the same tracker with the answer of one ``list-by-condition`` call per interval, so
+"terminal", "vanished" and "timed out" mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from airflow_provider_apicore.models import MJTask
+
+#: Consecutive polls a task id may be absent from the answer before it counts as not found.
+#: One miss can be a gateway's replica lag right after submission.
+DEFAULT_MISSING_GRACE = 3
+
+EVENT_DONE = "done"
+EVENT_TIMEOUT = "timeout"
+EVENT_ERROR = "error"
+
+
+class TaskTracker:
+    """
+    Track a set of task ids until each is terminal, vanished, or the timeout passes.
+
+    :param task_ids: the ids to follow
+    :param timeout: seconds from now after which :attr:`timed_out` turns true (``None``: never)
+    :param missing_grace: consecutive absent polls after which an id counts as not found
+    :param clock: monotonic clock, replaceable in tests
+    """
+
+    def __init__(
+        self,
+        task_ids: Iterable[str],
+        timeout: float | None = None,
+        missing_grace: int = DEFAULT_MISSING_GRACE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._deadline = None if timeout is None else clock() + timeout
+        self.missing_grace = missing_grace
+        self.latest: dict[str, MJTask] = {}
+        self.not_found: set[str] = set()
+        self._misses: dict[str, int] = {}
+        self._pending: dict[str, None] = dict.fromkeys(str(i) for i in task_ids)
+
+    # -- feeding
+    def add(self, task_ids: Iterable[str]) -> None:
+        """Follow more ids (the batch operator adds ids as it submits)."""
+        for task_id in task_ids:
+            task_id = str(task_id)
+            if task_id not in self.latest or not self.latest[task_id].is_terminal:
+                self._pending.setdefault(task_id, None)
+
+    def update(self, tasks: Iterable[MJTask]) -> list[MJTask]:
+        """
+        Record one poll's answer for the pending ids; return the tasks that became terminal.
+
+        Pending ids absent from ``tasks`` count a miss; after ``missing_grace`` misses in a row they
+        move to :attr:`not_found`.
+        """
+        seen: set[str] = set()
+        finished: list[MJTask] = []
+        for task in tasks:
+            if task.id not in self._pending:
+                continue
+            seen.add(task.id)
+            self.latest[task.id] = task
+            self._misses.pop(task.id, None)
+            if task.is_terminal:
+                finished.append(task)
+        for task in finished:
+            del self._pending[task.id]
+        for task_id in [i for i in self._pending if i not in seen]:
+            misses = self._misses.get(task_id, 0) + 1
+            self._misses[task_id] = misses
+            if misses >= self.missing_grace:
+                del self._pending[task_id]
+                self.not_found.add(task_id)
+        return finished
+
+    # -- state
+    @property
+    def pending(self) -> list[str]:
+        """Ids still being followed, in the order they were added."""
+        return list(self._pending)
+
+    @property
+    def done(self) -> bool:
+        return not self._pending
+
+    @property
+    def timed_out(self) -> bool:
+        return self._deadline is not None and self._clock() >= self._deadline
+
+    def seconds_left(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - self._clock())
+
+    def event(self) -> dict[str, Any]:
+        """
+        A JSON-serialisable summary: what a trigger yields and what :func:`results.outcome` reads.
+
+        ``status`` is ``done`` when nothing is pending, else ``timeout``.
+        """
+        return {
+            "status": EVENT_DONE if self.done else EVENT_TIMEOUT,
+            "tasks": {task_id: task.raw or _minimal(task) for task_id, task in self.latest.items()},
+            "not_found": sorted(self.not_found),
+            "pending": self.pending,
+        }
+
+
+def _minimal(task: MJTask) -> dict[str, Any]:
+    return {"id": task.id, "status": task.status.value, "progress": task.progress}

@@ -1,0 +1,80 @@
+"""MJTaskTrigger: follow many Midjourney tasks from the triggerer, one request per interval."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_apicore.exceptions import ApicoreError
+from airflow_provider_apicore.hooks.apicore import ApicoreHook
+from airflow_provider_apicore.tracking import EVENT_ERROR, TaskTracker
+
+
+class MJTaskTrigger(BaseTrigger):
+    """
+    Wait in the triggerer until every given task is terminal (or vanished), or a deadline passes.
+
+    Each interval it makes **one** ``list-by-condition`` request for all ids still pending, so a
+    single trigger can follow a thousand jobs as cheaply as one. Transient HTTP failures are retried
+    by :class:`ApicoreHook` with backoff; an error that survives them ends the wait with an ``error``
+    event. It yields exactly one event: the tracker's summary (see :class:`TaskTracker`).
+
+    :param task_ids: Midjourney task ids to follow
+    :param apicore_conn_id: the Airflow connection id
+    :param poll_interval: seconds between two polls
+    :param end_time: wall-clock deadline (epoch seconds); absolute so that a triggerer restart does
+        not extend it. ``None``: wait for as long as the tasks take.
+    """
+
+    def __init__(
+        self,
+        task_ids: Sequence[str],
+        apicore_conn_id: str = ApicoreHook.default_conn_name,
+        poll_interval: float = 5.0,
+        end_time: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.task_ids = [str(i) for i in task_ids]
+        self.apicore_conn_id = apicore_conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = end_time
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "task_ids": list(self.task_ids),
+                "apicore_conn_id": self.apicore_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = ApicoreHook(apicore_conn_id=self.apicore_conn_id)
+        timeout = None if self.end_time is None else max(0.0, self.end_time - time.time())
+        tracker = TaskTracker(self.task_ids, timeout=timeout)
+        try:
+            while True:
+                tracker.update(await hook.alist_tasks(tracker.pending))
+                if tracker.done or tracker.timed_out:
+                    self.log.info(
+                        "Tasks followed: %d; finished or gone: %d; still pending: %d",
+                        len(self.task_ids),
+                        len(self.task_ids) - len(tracker.pending),
+                        len(tracker.pending),
+                    )
+                    yield TriggerEvent(tracker.event())
+                    return
+                left = tracker.seconds_left()
+                await asyncio.sleep(self.poll_interval if left is None else min(self.poll_interval, left))
+        except ApicoreError as err:
+            event = tracker.event()
+            event.update(status=EVENT_ERROR, message=str(err))
+            yield TriggerEvent(event)
+        finally:
+            await hook.aclose()
