@@ -89,6 +89,10 @@ class ApicoreHTTPError(ApicoreError):
         super().__init__(message + (f" Response began: {excerpt!r}" if excerpt else ""))
 
 
+class ApicoreUnreachableError(ApicoreHTTPError):
+    """APICore could not be reached (connection refused, DNS, timeouts) after every retry."""
+
+
 class ApicoreResponseError(ApicoreError):
     """The server answered something that is not the protocol (non-JSON, missing ``code``, ...)."""
 

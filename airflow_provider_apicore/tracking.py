@@ -47,12 +47,14 @@ class TaskTracker:
         self.not_found: set[str] = set()
         self._misses: dict[str, int] = {}
         self._pending: dict[str, None] = dict.fromkeys(str(i) for i in task_ids)
+        self._all: dict[str, None] = dict(self._pending)
 
     # -- feeding
     def add(self, task_ids: Iterable[str]) -> None:
         """Follow more ids (the batch operator adds ids as it submits)."""
         for task_id in task_ids:
             task_id = str(task_id)
+            self._all.setdefault(task_id, None)
             if task_id not in self.latest or not self.latest[task_id].is_terminal:
                 self._pending.setdefault(task_id, None)
 
@@ -108,6 +110,7 @@ class TaskTracker:
         """
         return {
             "status": EVENT_DONE if self.done else EVENT_TIMEOUT,
+            "task_ids": list(self._all),
             "tasks": {task_id: task.raw or _minimal(task) for task_id, task in self.latest.items()},
             "not_found": sorted(self.not_found),
             "pending": self.pending,

@@ -8,7 +8,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +26,7 @@ from airflow_provider_apicore.exceptions import (
     ApicoreQueueFullError,
     ApicoreResponseError,
     ApicoreSubmitError,
+    ApicoreUnreachableError,
     ApicoreValidationError,
     SubmissionFateUnknownError,
     TaskNotFoundError,
@@ -59,7 +60,7 @@ class ConnectionSettings:
 
     conn_id: str
     base_url: str
-    token: str
+    token: str = field(repr=False)
     timeout: float
     max_retries: int
 
@@ -377,6 +378,8 @@ class ApicoreHook(BaseHook):
             return False, str(err)
         except ApicoreConfigError as err:
             return False, str(err)
+        except ApicoreUnreachableError as err:
+            return False, str(err)
         except (ApicoreHTTPError, ApicoreResponseError) as err:
             return False, f"APICore answered, but not as expected: {err}"
         except Exception as err:
@@ -540,7 +543,7 @@ class ApicoreHook(BaseHook):
             return _Attempt(
                 False, delay=retry_delay(attempt, self.retry_backoff, self.max_backoff), why=cause
             )
-        raise ApicoreHTTPError(
+        raise ApicoreUnreachableError(
             f"Could not reach APICore at {self._settings.base_url if self._settings else '?'} for {path} "
             f"after {attempt + 1} attempts ({cause})."
         ) from None

@@ -155,16 +155,15 @@ class MJDescribeOperator(BaseOperator):
                     end_time=end_time,
                 ),
                 method_name="execute_complete",
-                kwargs={"mj_task_id": submitted.task_id},
                 # The trigger keeps its own deadline; this is a safety net a little later.
                 timeout=None if self.timeout is None else timedelta(seconds=self.timeout + 60),
             )
         event = hook.wait_for_tasks([submitted.task_id], self.poll_interval, self.timeout)
         return self._result(event, submitted.task_id)
 
-    def execute_complete(self, context: Context, event: dict[str, Any], mj_task_id: str) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after :class:`MJTaskTrigger`: the same result or error as the polling path."""
-        return self._result(event, mj_task_id)
+        return self._result(event, event["task_ids"][0])
 
     def _result(self, event: dict[str, Any], task_id: str) -> dict[str, Any]:
         result = describe_result(outcome(event, task_id, self.timeout or 0))
