@@ -1,0 +1,55 @@
+"""
+`make test`: the whole test suite, tier by tier, with each tier's duration.
+
+Tiers: unit + end-to-end DAG runs against the emulator, the fault/soak tier, and the integration tier
+(real Airflow services). pytest's "no tests collected" (exit 5) counts as a failure of the tier: a
+tier that runs nothing proves nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+TIERS = [
+    ("unit + e2e", ["-m", "not soak and not integration"]),
+    ("soak", ["-m", "soak"]),
+    ("integration", ["-m", "integration"]),
+]
+
+
+def main(argv: list[str]) -> int:
+    extra = argv[1:]
+    summary = []
+    passed = failed = 0
+    worst = 0
+    for name, args in TIERS:
+        print(f"\n==== tier: {name} ====", flush=True)
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *args, *extra], stdout=subprocess.PIPE, text=True
+        )
+        last = ""
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            if line.strip():
+                last = line
+        code = proc.wait()
+        elapsed = time.monotonic() - started
+        p = sum(int(n) for n in re.findall(r"(\d+) passed", last))
+        f = sum(int(n) for n in re.findall(r"(\d+) (?:failed|errors?)", last))
+        passed += p
+        failed += f
+        worst = worst or code
+        summary.append((name, elapsed, p, f, code))
+    print("\n==== summary ====")
+    for name, elapsed, p, f, code in summary:
+        print(f"{name:<14} {elapsed:7.1f}s  {p:4d} passed  {f:3d} failed  (exit {code})")
+    print(f"total: {passed} passed, {failed} failed")
+    return 1 if worst else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
