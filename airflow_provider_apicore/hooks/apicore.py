@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import requests
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 from requests.adapters import HTTPAdapter
 
 from airflow_provider_apicore import __version__
@@ -225,7 +226,10 @@ class ApicoreHook(BaseHook):
     def settings(self) -> ConnectionSettings:
         """The connection's settings, read and checked once (sync context)."""
         if self._settings is None:
-            conn = self.get_connection(self.apicore_conn_id)
+            try:
+                conn = self.get_connection(self.apicore_conn_id)
+            except AirflowNotFoundException:
+                raise self._missing_connection() from None
             self._settings = self._make_settings(conn)
             from airflow.sdk.log import mask_secret
 
@@ -235,13 +239,24 @@ class ApicoreHook(BaseHook):
     async def asettings(self) -> ConnectionSettings:
         """The connection's settings, read without blocking the event loop (async context)."""
         if self._settings is None:
-            conn = await self.aget_connection(self.apicore_conn_id)
+            try:
+                conn = await self.aget_connection(self.apicore_conn_id)
+            except AirflowNotFoundException:
+                raise self._missing_connection() from None
             settings = self._make_settings(conn)
             from airflow.sdk.log import amask_secret
 
             await amask_secret(settings.token)
             self._settings = settings
         return self._settings
+
+    def _missing_connection(self) -> ApicoreConfigError:
+        conn_id = self.apicore_conn_id
+        return ApicoreConfigError(
+            f"Airflow connection {conn_id!r} does not exist. Create it (type 'APICore', the API token "
+            f'as password), e.g. with AIRFLOW_CONN_{conn_id.upper()}=\'{{"conn_type": "apicore", '
+            f'"host": "{DEFAULT_HOST}", "password": "<token>"}}\'.'
+        )
 
     def _make_settings(self, conn: Any) -> ConnectionSettings:
         if conn.conn_type and conn.conn_type != self.conn_type:
