@@ -1,0 +1,359 @@
+"""Task store, the queue/concurrency scheduler and the counters behind ``/_emulator/stats``."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from airflow_provider_apicore.emulator.config import EmulatorConfig
+from airflow_provider_apicore.emulator.describe import describe_text
+from airflow_provider_apicore.emulator.faults import ENDPOINTS, FAULT_KINDS, FaultDecider, TaskFate
+from airflow_provider_apicore.emulator.imageinfo import ImageInfo
+from airflow_provider_apicore.emulator.notify import Notifier
+
+NOT_START = "NOT_START"
+SUBMITTED = "SUBMITTED"
+IN_PROGRESS = "IN_PROGRESS"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+STATUSES = (NOT_START, SUBMITTED, IN_PROGRESS, "MODAL", SUCCESS, FAILURE, "CANCEL")
+
+DISCORD_CHANNEL_ID = "1278921806769815617"
+DISCORD_INSTANCE_ID = "1550471212151513088"
+UNREADABLE_IMAGE_REASON = "Invalid image: the file is not a readable PNG, JPEG, GIF, WEBP or BMP image"
+
+SUBMIT_SUCCESS = "Submit success"
+# The original server's wording, fullwidth comma included.
+QUEUE_FULL = "队列已满，请稍后尝试"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Task:
+    """One DESCRIBE job and everything needed to render its task object."""
+
+    __slots__ = (
+        "description",
+        "duration",
+        "fail_reason",
+        "fate",
+        "finish_time",
+        "frozen",
+        "id",
+        "image",
+        "image_path",
+        "image_url",
+        "info",
+        "mime",
+        "notify_hook",
+        "progress",
+        "prompt",
+        "public_base",
+        "start_time",
+        "started_at",
+        "state",
+        "status",
+        "submit_time",
+    )
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        image: bytes,
+        mime: str,
+        suffix: str,
+        info: ImageInfo,
+        state: str | None,
+        notify_hook: str | None,
+        fate: TaskFate,
+        public_base: str,
+    ) -> None:
+        self.id = task_id
+        self.image = image
+        self.mime = mime
+        self.info = info
+        self.state = state
+        self.notify_hook = notify_hook
+        self.fate = fate
+        self.public_base = public_base
+        self.description = f"/describe {task_id}.{suffix}"
+        self.image_path = f"/_emulator/images/{task_id}.{suffix}"
+        self.status = NOT_START
+        self.progress = "0%"
+        self.prompt: str | None = None
+        self.image_url: str | None = None
+        self.fail_reason: str | None = None
+        self.submit_time = now_ms()
+        self.start_time: int | None = None
+        self.finish_time: int | None = None
+        self.started_at = 0.0  # monotonic seconds
+        self.duration = 0.0
+        self.frozen = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The protocol's task object."""
+        return {
+            "id": self.id,
+            "action": "DESCRIBE",
+            "status": self.status,
+            "progress": self.progress,
+            "prompt": self.prompt,
+            "promptEn": self.prompt,
+            "description": self.description,
+            "state": self.state,
+            "submitTime": self.submit_time,
+            "startTime": self.start_time,
+            "finishTime": self.finish_time,
+            "imageUrl": self.image_url,
+            "failReason": self.fail_reason,
+            "properties": {
+                "finalPrompt": self.prompt,
+                "notifyHook": self.notify_hook,
+                "discordInstanceId": DISCORD_INSTANCE_ID,
+            },
+            "buttons": [],
+        }
+
+
+class EmulatorState:
+    """
+    All mutable emulator state. Every method runs on the server's event loop thread, so no locks.
+
+    :param config: the live configuration (changed in place by ``PUT /_emulator/config``).
+    """
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.decider = FaultDecider(config.seed)
+        self.notifier = Notifier(config.notify_workers, config.notify_timeout)
+        self.reset()
+
+    # ----------------------------------------------------------------------------------- lifecycle
+    def reset(self) -> None:
+        """Forget every task and counter and restart the fault streams from the seed."""
+        self.tasks: dict[str, Task] = {}
+        self.by_state_tag: dict[str | None, list[Task]] = {}
+        self.running: dict[str, Task] = {}  # tasks holding a concurrency slot
+        self.queue: deque[Task] = deque()  # tasks waiting for a slot, FIFO
+        self.fresh: list[Task] = []  # NOT_START tasks to move to SUBMITTED on the next tick
+        self.issued_ids: set[str] = set()
+        self.image_hashes: dict[str, int] = {}
+        self.decider.reseed(self.config.seed)
+        self.notifier.reset_counters()
+        self.requests = dict.fromkeys(ENDPOINTS, 0)
+        self.unauthorized = 0
+        self.submissions_accepted = 0
+        self.submissions_rejected: dict[str, int] = {}
+        self.duplicate_submissions = 0
+        self.tasks_created = 0
+        self.status_counts = dict.fromkeys(STATUSES, 0)
+        self.max_concurrent_in_progress = 0
+        self.max_active = 0
+        self.faults_injected = dict.fromkeys(FAULT_KINDS, 0)
+
+    def apply_config(self, changes: dict[str, Any]) -> None:
+        """Apply a partial configuration update (raises EmulatorConfigError, changing nothing)."""
+        old_seed = self.config.seed
+        self.config.update(changes)
+        self.notifier.workers = self.config.notify_workers
+        self.notifier.timeout = self.config.notify_timeout
+        if self.config.seed != old_seed:
+            self.decider.reseed(self.config.seed)
+
+    # -------------------------------------------------------------------------------------- submit
+    def reject(self, code: int) -> None:
+        key = str(code)
+        self.submissions_rejected[key] = self.submissions_rejected.get(key, 0) + 1
+
+    def submit(
+        self,
+        *,
+        image: bytes,
+        mime: str,
+        suffix: str,
+        info: ImageInfo,
+        state: str | None,
+        notify_hook: str | None,
+        public_base: str,
+    ) -> dict[str, Any]:
+        """
+        Accept, queue or refuse one DESCRIBE submission.
+
+        :return: the submit answer (code 1, 22 or 23).
+        """
+        properties = {"discordChannelId": DISCORD_CHANNEL_ID, "discordInstanceId": DISCORD_INSTANCE_ID}
+        config = self.config
+        if self.decider.queue_full(config.faults):
+            self.faults_injected["queue_full"] += 1
+            self.reject(23)
+            return {"code": 23, "description": QUEUE_FULL, "result": None, "properties": properties}
+        active = len(self.running) + len(self.queue)
+        if active >= config.concurrency + config.queue_size:
+            self.reject(23)
+            return {"code": 23, "description": QUEUE_FULL, "result": None, "properties": properties}
+
+        task = Task(
+            self._new_id(),
+            image=image,
+            mime=mime,
+            suffix=suffix,
+            info=info,
+            state=state,
+            notify_hook=notify_hook,
+            fate=self.decider.task_fate(config.faults),
+            public_base=public_base,
+        )
+        self.tasks[task.id] = task
+        self.by_state_tag.setdefault(state, []).append(task)
+        self.status_counts[NOT_START] += 1
+        self.tasks_created += 1
+        self.submissions_accepted += 1
+        seen = self.image_hashes.get(info.sha256, 0)
+        if seen:
+            self.duplicate_submissions += 1
+        self.image_hashes[info.sha256] = seen + 1
+        self.fresh.append(task)
+
+        if len(self.running) < config.concurrency and not self.queue:
+            self.running[task.id] = task
+            answer = {"code": 1, "description": SUBMIT_SUCCESS, "result": task.id, "properties": properties}
+        else:
+            ahead = len(self.queue)
+            self.queue.append(task)
+            answer = {
+                "code": 22,
+                "description": f"排队中，前面还有{ahead}个任务",
+                "result": task.id,
+                "properties": {**properties, "numberOfQueues": ahead},
+            }
+        self.max_active = max(self.max_active, len(self.running) + len(self.queue))
+        self._emit(task)
+        return answer
+
+    def _new_id(self) -> str:
+        # The original server: submit time in epoch ms followed by three random digits.
+        while True:
+            task_id = f"{now_ms()}{self.decider.id_digits():03d}"
+            if task_id not in self.issued_ids:
+                self.issued_ids.add(task_id)
+                return task_id
+
+    # --------------------------------------------------------------------------------------- query
+    def get(self, task_id: str) -> Task | None:
+        return self.tasks.get(task_id)
+
+    def tasks_with_state(self, state: str | None) -> list[Task]:
+        return list(self.by_state_tag.get(state, []))
+
+    # ---------------------------------------------------------------------------------- scheduling
+    def tick(self) -> None:
+        """Advance every task that can move; O(running + newly created)."""
+        mono = time.monotonic()
+        for task in list(self.running.values()):
+            if task.status == SUBMITTED:
+                self._start(task, mono)
+            elif task.status == IN_PROGRESS and not task.frozen:
+                self._advance(task, mono)
+        fresh, self.fresh = self.fresh, []
+        for task in fresh:
+            if task.status == NOT_START and task.id in self.tasks:
+                self._set_status(task, SUBMITTED)
+                self._emit(task)
+        while self.queue and len(self.running) < self.config.concurrency:
+            task = self.queue.popleft()
+            self.running[task.id] = task
+            if task.status == SUBMITTED:
+                self._start(task, mono)
+        in_progress = sum(1 for task in self.running.values() if task.status == IN_PROGRESS)
+        self.max_concurrent_in_progress = max(self.max_concurrent_in_progress, in_progress)
+        self.max_active = max(self.max_active, len(self.running) + len(self.queue))
+
+    def _start(self, task: Task, mono: float) -> None:
+        task.started_at = mono
+        task.duration = self.config.job_seconds
+        task.start_time = max(now_ms(), task.submit_time + 1)
+        task.progress = "0%"
+        task.image_url = task.public_base + task.image_path
+        self._set_status(task, IN_PROGRESS)
+        self._emit(task)
+
+    def _advance(self, task: Task, mono: float) -> None:
+        fraction = (mono - task.started_at) / task.duration if task.duration > 0 else 1.0
+        fate = task.fate
+        if fate.fault is not None and fraction >= fate.at_fraction:
+            self.faults_injected[fate.fault] += 1
+            if fate.fault == "vanish":
+                self._forget(task)
+            elif fate.fault == "stuck":
+                task.frozen = True
+                if not self.config.faults.stuck_holds_slot:
+                    self.running.pop(task.id, None)
+            else:
+                self._finish(task, FAILURE, fate.fail_reason)
+            return
+        if fraction >= 1.0:
+            if task.info.format is None:
+                self._finish(task, FAILURE, UNREADABLE_IMAGE_REASON)
+            else:
+                self._finish(task, SUCCESS, None)
+            return
+        step = self.config.progress_step
+        progress = f"{min(99, int(fraction * 100) // step * step)}%"
+        if progress != task.progress:
+            task.progress = progress
+            self._emit(task)
+
+    def _finish(self, task: Task, status: str, fail_reason: str | None) -> None:
+        self.running.pop(task.id, None)
+        task.finish_time = max(now_ms(), task.start_time or 0)
+        if status == SUCCESS:
+            task.progress = "100%"
+            task.prompt = describe_text(task.info)
+        task.fail_reason = fail_reason
+        self._set_status(task, status)
+        self._emit(task)
+
+    def _forget(self, task: Task) -> None:
+        self.running.pop(task.id, None)
+        self.tasks.pop(task.id, None)
+        tagged = self.by_state_tag.get(task.state)
+        if tagged is not None:
+            tagged.remove(task)
+        self.status_counts[task.status] -= 1
+
+    def _set_status(self, task: Task, status: str) -> None:
+        self.status_counts[task.status] -= 1
+        self.status_counts[status] += 1
+        task.status = status
+
+    def _emit(self, task: Task) -> None:
+        if task.notify_hook:
+            self.notifier.submit(task.notify_hook, task.to_json())
+
+    # --------------------------------------------------------------------------------------- stats
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``GET /_emulator/stats``."""
+        return {
+            "requests": dict(self.requests),
+            "unauthorized": self.unauthorized,
+            "submissions_accepted": self.submissions_accepted,
+            "submissions_rejected": dict(self.submissions_rejected),
+            "duplicate_submissions": self.duplicate_submissions,
+            "tasks_created": self.tasks_created,
+            "tasks_known": len(self.tasks),
+            "tasks_by_status": dict(self.status_counts),
+            "running": len(self.running),
+            "queued": len(self.queue),
+            "max_concurrent_in_progress": self.max_concurrent_in_progress,
+            "max_active": self.max_active,
+            "notify_sent": self.notifier.sent,
+            "notify_failed": self.notifier.failed,
+            "notify_dropped": self.notifier.dropped,
+            "notify_pending": self.notifier.pending,
+            "faults_injected": dict(self.faults_injected),
+            "config": self.config.to_dict(),
+        }
