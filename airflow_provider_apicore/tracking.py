@@ -21,6 +21,8 @@ DEFAULT_MISSING_GRACE = 3
 EVENT_DONE = "done"
 EVENT_TIMEOUT = "timeout"
 EVENT_ERROR = "error"
+#: A trigger asked to return early (``min_finished``) did so with some ids still pending.
+EVENT_PARTIAL = "partial"
 
 
 class TaskTracker:
@@ -57,6 +59,17 @@ class TaskTracker:
             self._all.setdefault(task_id, None)
             if task_id not in self.latest or not self.latest[task_id].is_terminal:
                 self._pending.setdefault(task_id, None)
+
+    def discard(self, task_ids: Iterable[str]) -> None:
+        """Stop following ids (the batch operator gives up on a task after its timeout)."""
+        for task_id in task_ids:
+            self._pending.pop(str(task_id), None)
+            self._misses.pop(str(task_id), None)
+
+    @property
+    def finished_count(self) -> int:
+        """Ids no longer pending: terminal, not found or discarded."""
+        return len(self._all) - len(self._pending)
 
     def update(self, tasks: Iterable[MJTask]) -> list[MJTask]:
         """

@@ -11,7 +11,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_apicore.exceptions import ApicoreError
 from airflow_provider_apicore.hooks.apicore import ApicoreHook
-from airflow_provider_apicore.tracking import EVENT_ERROR, TaskTracker
+from airflow_provider_apicore.tracking import EVENT_ERROR, EVENT_PARTIAL, TaskTracker
 
 
 class MJTaskTrigger(BaseTrigger):
@@ -28,6 +28,9 @@ class MJTaskTrigger(BaseTrigger):
     :param poll_interval: seconds between two polls
     :param end_time: wall-clock deadline (epoch seconds); absolute so that a triggerer restart does
         not extend it. ``None``: wait for as long as the tasks take.
+    :param min_finished: return as soon as this many ids are finished or gone, even if others are
+        still pending (event status ``partial``). The batch operator uses it to get back to submitting
+        once enough slots are free. ``None``: wait for all.
     """
 
     def __init__(
@@ -36,23 +39,25 @@ class MJTaskTrigger(BaseTrigger):
         apicore_conn_id: str = ApicoreHook.default_conn_name,
         poll_interval: float = 5.0,
         end_time: float | None = None,
+        min_finished: int | None = None,
     ) -> None:
         super().__init__()
         self.task_ids = [str(i) for i in task_ids]
         self.apicore_conn_id = apicore_conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = end_time
+        self.min_finished = min_finished
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "task_ids": list(self.task_ids),
-                "apicore_conn_id": self.apicore_conn_id,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-            },
-        )
+        kwargs: dict[str, Any] = {
+            "task_ids": list(self.task_ids),
+            "apicore_conn_id": self.apicore_conn_id,
+            "poll_interval": self.poll_interval,
+            "end_time": self.end_time,
+        }
+        if self.min_finished is not None:
+            kwargs["min_finished"] = self.min_finished
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = ApicoreHook(apicore_conn_id=self.apicore_conn_id)
@@ -61,14 +66,18 @@ class MJTaskTrigger(BaseTrigger):
         try:
             while True:
                 tracker.update(await hook.alist_tasks(tracker.pending))
-                if tracker.done or tracker.timed_out:
+                enough = self.min_finished is not None and tracker.finished_count >= self.min_finished
+                if tracker.done or tracker.timed_out or enough:
                     self.log.info(
                         "Tasks followed: %d; finished or gone: %d; still pending: %d",
                         len(self.task_ids),
                         len(self.task_ids) - len(tracker.pending),
                         len(tracker.pending),
                     )
-                    yield TriggerEvent(tracker.event())
+                    event = tracker.event()
+                    if enough and not tracker.done and not tracker.timed_out:
+                        event["status"] = EVENT_PARTIAL
+                    yield TriggerEvent(event)
                     return
                 left = tracker.seconds_left()
                 await asyncio.sleep(self.poll_interval if left is None else min(self.poll_interval, left))
