@@ -34,7 +34,7 @@ def start_emulator(token: str) -> tuple[subprocess.Popen, str]:
             "0",
             "--port-file",
             str(port_file),
-            "--token",
+            "--tokens",
             token,
             "--job-seconds",
             "3",
