@@ -168,3 +168,16 @@ def test_an_empty_tracker_is_done_at_once():
     tracker = TaskTracker([])
     assert tracker.done
     assert tracker.event()["status"] == EVENT_DONE
+
+
+def test_discard_stops_following_an_id_and_counts_it_finished():
+    tracker = TaskTracker(["a", "b", "c"], missing_grace=1)
+    tracker.update([task("a", "SUCCESS"), task("b", "IN_PROGRESS"), task("c", "IN_PROGRESS")])
+    assert tracker.finished_count == 1
+    tracker.discard(["b", 99])
+    assert tracker.pending == ["c"]
+    assert tracker.finished_count == 2
+    # A discarded id is no longer asked for, so its absence never makes it "not found".
+    tracker.update([task("c", "IN_PROGRESS")])
+    assert tracker.not_found == set()
+    assert tracker.event()["tasks"]["b"]["status"] == "IN_PROGRESS"

@@ -193,6 +193,25 @@ def test_serialize_round_trips_exactly_through_airflow_serde():
     endless = MJTaskTrigger(["1"])
     assert import_string(classpath)(**endless.serialize()[1]).serialize() == endless.serialize()
 
+    early = MJTaskTrigger(["1", "2"], poll_interval=1, min_finished=1)
+    assert early.serialize()[1]["min_finished"] == 1
+    rebuilt = import_string(classpath)(**deserialize(serialize(early.serialize()[1])))
+    assert rebuilt.serialize() == early.serialize()
+
+
+def test_min_finished_returns_a_partial_event_while_others_still_run(apicore_conn):
+    apicore_conn.configure(job_seconds=0.3)
+    quick = submit(1)
+    apicore_conn.configure(faults={"stuck": 1.0})
+    stuck = submit(1)
+    ids = quick + stuck
+
+    event = first_event(MJTaskTrigger(ids, poll_interval=POLL, end_time=time.time() + 30, min_finished=1))
+
+    assert event["status"] == "partial"
+    assert event["pending"] == stuck
+    assert event["tasks"][quick[0]]["status"] == "SUCCESS"
+
 
 def test_run_makes_no_blocking_calls_on_the_event_loop(apicore_conn, monkeypatch):
     ids = submit(2)
