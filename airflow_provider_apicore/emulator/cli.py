@@ -8,9 +8,11 @@ Every option can also be set with an environment variable ``APICORE_EMULATOR_<NA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,20 @@ OPTIONS: tuple[Option, ...] = (
 SERVER_DEFAULTS = {"host": "127.0.0.1", "port": 8080, "port_file": None, "http": "auto", "log_level": "info"}
 
 
+class ForegroundServer(uvicorn.Server):
+    """uvicorn server that ends with a normal return on SIGINT/SIGTERM (exit status 0) instead of
+    re-raising the signal once shut down, so scripts can tell a clean stop from a crash."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apicore-emulator",
@@ -173,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=server["log_level"],
         timeout_graceful_shutdown=2,
     )
-    uvicorn.Server(uvicorn_config).run(sockets=[sock])
+    ForegroundServer(uvicorn_config).run(sockets=[sock])
+    print("APICore emulator stopped", flush=True)
     return 0
 
 

@@ -159,7 +159,7 @@ class EmulatorState:
         """Apply a partial configuration update (raises EmulatorConfigError, changing nothing)."""
         old_seed = self.config.seed
         self.config.update(changes)
-        self.notifier.workers = self.config.notify_workers
+        # The timeout applies to the next callback; notify_workers only when the server restarts.
         self.notifier.timeout = self.config.notify_timeout
         if self.config.seed != old_seed:
             self.decider.reseed(self.config.seed)

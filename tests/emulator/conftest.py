@@ -112,7 +112,7 @@ def start_emulator() -> Iterator[Callable[..., EmulatorServer]]:
 
     yield start
     for server in servers:
-        server.stop()
+        server.stop(wait=False)
 
 
 @pytest.fixture
