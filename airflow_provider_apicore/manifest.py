@@ -1,0 +1,601 @@
+"""
+The results manifest of a directory describe: one JSON line per image, resumable after a crash.
+
+Both ways of describing a directory (the fan-out DAG's ``write_results`` and
+:class:`~airflow_provider_apicore.operators.batch_describe.MJBatchDescribeOperator`) write the same
+:class:`ManifestRecord` format, so their manifests can be compared line for line once the volatile
+fields (:data:`VOLATILE_FIELDS`: task ids, tags, timings) are left out with :func:`normalised`.
+
+How it is written, and why
+--------------------------
+The manifest lives at any :class:`~airflow.sdk.ObjectStoragePath`. Object stores (``s3://``, ``gs://``)
+cannot append to an object, and a manifest that is half rewritten when a worker dies must never be
+what a retry reads. So there are two layers:
+
+* **Snapshot**: the manifest file itself, always complete. It is rewritten whole every
+  ``flush_interval`` seconds and at the end: locally into a temporary file in the same directory,
+  fsync'ed, then renamed over the old one (``os.replace`` is atomic); on object stores as a single
+  PUT, which readers see whole or not at all.
+* **Journal**: between two snapshots, each change that must survive a crash (an image about to be
+  sent, a task id just accepted) is written at once as one small new file under
+  ``<manifest>.journal/``. Creating a small object works on every store, where appending does not,
+  and costs O(1) per change instead of rewriting the whole manifest. A snapshot folds the journal in
+  and deletes the journal files it folded.
+
+Every record carries a revision number ``rev`` (increasing across the whole manifest). Loading keeps,
+per image, the record with the highest ``rev`` from the snapshot and every journal file, so the order
+in which files are read, or a crash between writing a snapshot and deleting the journal, can never
+roll a record back. A line cut short by a crash (the last line of a file, not valid JSON) is skipped
+with a warning; a broken line elsewhere means the file was damaged and is an error naming the line.
+
+One manifest has one writer at a time: give concurrent DAG runs different manifests, or set
+``max_active_runs=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_apicore.exceptions import ApicoreConfigError, TaskFailedError
+from airflow_provider_apicore.models import MJTask, TaskStatus
+from airflow_provider_apicore.prompts import split_prompt_parameters
+from airflow_provider_apicore.results import describe_result
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+log = logging.getLogger(__name__)
+
+#: Listed, not yet read or sent.
+PENDING = "pending"
+#: About to be sent (written before the request goes out). Found on resume, it means the process died
+#: while the submission was in the air: its fate is unknown.
+PENDING_SUBMIT = "pending_submit"
+#: Accepted by APICore (task id known), not finished.
+SUBMITTED = "submitted"
+#: The submission may or may not have been accepted (answer lost); being reconciled, or given up.
+UNKNOWN_FATE = "unknown_fate"
+#: Accepted, then the server stopped knowing the task id.
+NOT_FOUND = "not_found"
+#: Accepted, but did not finish within the operator's ``timeout``.
+TIMEOUT = "timeout"
+#: Refused before or at submission: not a readable image, or a submit error (codes 4, 24, ...).
+REJECTED = "rejected"
+SUCCESS = TaskStatus.SUCCESS.value
+FAILURE = TaskStatus.FAILURE.value
+CANCEL = TaskStatus.CANCEL.value
+
+#: Statuses that end an image's story (``unknown_fate`` ends it only once reconciliation gave up).
+FINAL_STATUSES = frozenset({SUCCESS, FAILURE, CANCEL, NOT_FOUND, TIMEOUT, REJECTED})
+#: Final statuses that count as failed.
+FAILED_STATUSES = frozenset({FAILURE, CANCEL, NOT_FOUND, TIMEOUT, REJECTED, UNKNOWN_FATE})
+
+#: Fields that differ between two runs over the same images (ids, tags, attempts, clocks).
+VOLATILE_FIELDS = (
+    "task_id",
+    "state",
+    "attempts",
+    "image_url",
+    "submit_time",
+    "start_time",
+    "finish_time",
+    "accepted_at",
+    "updated_at",
+    "rev",
+)
+
+MANIFEST_NAME = "manifest.jsonl"
+JOURNAL_SUFFIX = ".journal"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class ManifestRecord:
+    """
+    What is known about one image.
+
+    :param image: the image's path, as listed (the record's key)
+    :param status: :data:`PENDING`, :data:`PENDING_SUBMIT`, :data:`SUBMITTED`, :data:`UNKNOWN_FATE`,
+        a terminal task status (``SUCCESS``, ``FAILURE``, ``CANCEL``), :data:`NOT_FOUND`,
+        :data:`TIMEOUT` or :data:`REJECTED`
+    :param sha256: hex SHA-256 of the image bytes, once read
+    :param task_id: the APICore task id, once accepted (images with the same bytes share one)
+    :param prompts: the four prompts on success
+    :param prompt: the raw prompt text on success
+    :param error: why it failed: the task's ``failReason``, the refusal, or the lost answer
+    :param image_url: the task's image URL
+    :param state: the ``state`` tag of the last submission sent for this image
+    :param attempts: submissions sent that may have created a task
+    :param submit_time: server time the task was submitted (epoch ms)
+    :param start_time: server time the task started (epoch ms)
+    :param finish_time: server time the task finished (epoch ms)
+    :param accepted_at: local time the task id was received (epoch ms); the ``timeout`` counts from it
+    :param updated_at: local time of the last change (epoch ms)
+    :param rev: revision number; the highest wins when records are merged
+    """
+
+    image: str
+    status: str = PENDING
+    sha256: str | None = None
+    task_id: str | None = None
+    prompts: list[str] = field(default_factory=list)
+    prompt: str | None = None
+    error: str | None = None
+    image_url: str | None = None
+    state: str | None = None
+    attempts: int = 0
+    submit_time: int | None = None
+    start_time: int | None = None
+    finish_time: int | None = None
+    accepted_at: int | None = None
+    updated_at: int | None = None
+    rev: int = 0
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESS
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ManifestRecord:
+        """Build a record from one manifest line's object; unknown keys are ignored."""
+        if not isinstance(data, dict) or not isinstance(data.get("image"), str) or not data["image"]:
+            raise ValueError("a manifest record is a JSON object with a non-empty string 'image'")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if not isinstance(values.get("prompts", []), list):
+            raise ValueError("'prompts' must be a list")
+        if not isinstance(values.get("rev", 0), int) or not isinstance(values.get("attempts", 0), int):
+            raise ValueError("'rev' and 'attempts' must be whole numbers")
+        return cls(**values)
+
+    def copy_outcome(self, other: ManifestRecord) -> None:
+        """Take over another record's task and result (an image with the same bytes)."""
+        for name in (
+            "status",
+            "task_id",
+            "prompts",
+            "prompt",
+            "error",
+            "image_url",
+            "state",
+            "submit_time",
+            "start_time",
+            "finish_time",
+            "accepted_at",
+        ):
+            value = getattr(other, name)
+            setattr(self, name, list(value) if isinstance(value, list) else value)
+
+
+def normalised(record: ManifestRecord | dict[str, Any]) -> dict[str, Any]:
+    """A record without its :data:`VOLATILE_FIELDS`: what two runs over the same images agree on."""
+    data = record.to_dict() if isinstance(record, ManifestRecord) else dict(record)
+    for name in VOLATILE_FIELDS:
+        data.pop(name, None)
+    return data
+
+
+# ---------------------------------------------------------------------------------- task -> record
+def apply_task(record: ManifestRecord, task: MJTask) -> None:
+    """
+    Copy what a task object says into a record (the one task -> record mapping).
+
+    Success goes through :func:`~airflow_provider_apicore.results.describe_result`, the provider's one
+    result mapping, so the prompts are exactly what :class:`MJDescribeOperator` returns.
+    """
+    record.task_id = task.id
+    record.submit_time = task.submit_time
+    record.start_time = task.start_time
+    record.finish_time = task.finish_time
+    record.image_url = task.image_url
+    if task.state is not None:
+        record.state = task.state
+    if not task.is_terminal:
+        record.status = SUBMITTED
+        return
+    try:
+        result = describe_result(task)
+    except TaskFailedError as err:
+        record.status = err.status
+        record.error = err.fail_reason or "no reason given"
+        record.prompts, record.prompt = [], None
+        return
+    apply_result(record, result)
+
+
+def apply_result(record: ManifestRecord, result: dict[str, Any]) -> None:
+    """Copy a successful describe result (see :func:`describe_result`) into a record."""
+    record.status = str(result.get("status") or SUCCESS)
+    record.task_id = None if result.get("task_id") is None else str(result["task_id"])
+    record.prompts = list(result.get("prompts") or [])
+    record.prompt = result.get("prompt")
+    record.image_url = result.get("image_url")
+    record.submit_time = result.get("submit_time")
+    record.start_time = result.get("start_time")
+    record.finish_time = result.get("finish_time")
+    if result.get("state") is not None:
+        record.state = result["state"]
+    record.error = None
+
+
+# ------------------------------------------------------------------------------------ storage
+def to_storage_path(path: str | os.PathLike | ObjectStoragePath) -> ObjectStoragePath:
+    """A path string, ``file://``/``s3://``... URL or ObjectStoragePath as an ObjectStoragePath."""
+    if isinstance(path, ObjectStoragePath):
+        return path
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text.strip():
+        raise ApicoreConfigError(f"manifest_path must be a non-empty path or URL, got {path!r}")
+    if "://" not in text:
+        return ObjectStoragePath(os.path.abspath(os.path.expanduser(text)))
+    return ObjectStoragePath(text)
+
+
+def _is_local(path: ObjectStoragePath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
+def _fs(path: ObjectStoragePath) -> AbstractFileSystem:
+    # Airflow registers only "file" and installed providers' schemes; others (memory://) resolve
+    # through fsspec directly.
+    try:
+        return path.fs
+    except ValueError:
+        return path.__wrapped__.fs
+
+
+def _read_bytes(path: ObjectStoragePath) -> bytes | None:
+    try:
+        if _is_local(path):
+            with open(path.path, "rb") as fh:
+                return fh.read()
+        return _fs(path).cat_file(path.path)
+    except FileNotFoundError:
+        return None
+
+
+def write_atomic(path: ObjectStoragePath, data: bytes) -> None:
+    """
+    Replace a file's content so that readers see the old or the new content, never a mix.
+
+    Local: a temporary file in the same directory, fsync'ed, renamed over the target, directory
+    fsync'ed. Object stores: one PUT, which is atomic per object.
+    """
+    if _is_local(path):
+        directory = os.path.dirname(path.path) or "."
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(path.path)}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        _fsync_dir(directory)
+        return
+    fs = _fs(path)
+    parent = path.parent
+    # Object stores have no directories; local-like stores need them.
+    with contextlib.suppress(OSError, NotImplementedError):
+        fs.makedirs(parent.path, exist_ok=True)
+    fs.pipe_file(path.path, data)
+
+
+def _write_new(path: ObjectStoragePath, data: bytes) -> None:
+    """Create a small new file durably (journal entries are never rewritten)."""
+    if _is_local(path):
+        os.makedirs(os.path.dirname(path.path), exist_ok=True)
+        with open(path.path, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return
+    _fs(path).pipe_file(path.path, data)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _list_files(directory: ObjectStoragePath) -> list[ObjectStoragePath]:
+    try:
+        if _is_local(directory):
+            names = sorted(os.listdir(directory.path))
+            return [directory / name for name in names]
+        fs = _fs(directory)
+        entries = sorted(fs.ls(directory.path, detail=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [directory / os.path.basename(str(entry).rstrip("/")) for entry in entries]
+
+
+def _delete(path: ObjectStoragePath) -> None:
+    try:
+        if _is_local(path):
+            os.unlink(path.path)
+        else:
+            _fs(path).rm_file(path.path)
+    except FileNotFoundError:
+        pass
+
+
+def parse_lines(data: bytes, where: str) -> Iterator[ManifestRecord]:
+    """
+    Records from JSONL bytes. A last line that is cut short is skipped with a warning.
+
+    :raises ApicoreConfigError: a line other than the last is not a record; names the file and line
+    """
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield ManifestRecord.from_dict(json.loads(line))
+        except ValueError as err:
+            last = all(not rest.strip() for rest in lines[number:])
+            if last and not text.endswith("\n"):
+                log.warning(
+                    "Manifest %s: skipping line %d, cut short by an interrupted write (%s)",
+                    where,
+                    number,
+                    err,
+                )
+                continue
+            raise ApicoreConfigError(
+                f"Manifest {where} line {number} is not a manifest record ({err}). The file was damaged "
+                "or is not a manifest: repair or delete that line, or point manifest_path elsewhere."
+            ) from None
+
+
+def render_lines(records: Iterable[ManifestRecord]) -> bytes:
+    return "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def read_manifest(path: str | os.PathLike | ObjectStoragePath) -> list[ManifestRecord]:
+    """
+    Read a manifest (snapshot and any journal not yet folded in), one record per image.
+
+    Downstream tasks use this to consume a batch's results. A missing manifest reads as empty.
+    """
+    return list(Manifest.load(path).records.values())
+
+
+def write_manifest(path: str | os.PathLike | ObjectStoragePath, records: Iterable[ManifestRecord]) -> None:
+    """Write a complete manifest atomically (no journal): used when all results are known at once."""
+    write_atomic(to_storage_path(path), render_lines(records))
+
+
+# ------------------------------------------------------------------------------------ manifest
+class Manifest:
+    """
+    A manifest being written: records in memory, a journal for urgent changes, periodic snapshots.
+
+    :param path: where the manifest lives (any ObjectStoragePath, local path or URL)
+    :param flush_interval: seconds between two snapshot rewrites (:meth:`flush`)
+    """
+
+    def __init__(self, path: str | os.PathLike | ObjectStoragePath, flush_interval: float = 30.0) -> None:
+        self.path = to_storage_path(path)
+        self.journal_dir = self.path.parent / (self.path.name + JOURNAL_SUFFIX)
+        self.flush_interval = flush_interval
+        self.records: dict[str, ManifestRecord] = {}
+        self._rev = 0
+        self._unjournaled: dict[str, ManifestRecord] = {}
+        self._journal_files: list[ObjectStoragePath] = []
+        self._dirty = False
+        self._last_flush = time.monotonic()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | ObjectStoragePath, flush_interval: float = 30.0) -> Manifest:
+        """Read the snapshot and every journal file, keeping the newest record of each image."""
+        manifest = cls(path, flush_interval)
+        found: dict[str, ManifestRecord] = {}
+        sources = [manifest.path]
+        journal = [
+            p for p in _list_files(manifest.journal_dir) if p.name.endswith(".jsonl") and p.name[0] != "."
+        ]
+        sources += journal
+        for source in sources:
+            data = _read_bytes(source)
+            if data is None:
+                continue
+            for record in parse_lines(data, str(source)):
+                seen = found.get(record.image)
+                if seen is None or record.rev >= seen.rev:
+                    found[record.image] = record
+        manifest.records = found
+        manifest._journal_files = journal
+        manifest._rev = max((r.rev for r in found.values()), default=0)
+        if journal:
+            log.info("Manifest %s: folded in %d journal files", manifest.path, len(journal))
+            manifest._dirty = True
+        return manifest
+
+    # -- records
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[ManifestRecord]:
+        return iter(self.records.values())
+
+    def __contains__(self, image: object) -> bool:
+        return image in self.records
+
+    def get(self, image: str) -> ManifestRecord | None:
+        return self.records.get(image)
+
+    def add(self, image: str) -> ManifestRecord:
+        """The record of ``image``, created :data:`PENDING` if the manifest does not have it yet."""
+        record = self.records.get(image)
+        if record is None:
+            record = ManifestRecord(image=image)
+            self.records[image] = record
+            self.touch(record)
+        return record
+
+    def touch(self, record: ManifestRecord, **changes: Any) -> ManifestRecord:
+        """Apply ``changes`` to a record and give it a new revision; journaled at the next commit."""
+        for name, value in changes.items():
+            setattr(record, name, value)
+        self._rev += 1
+        record.rev = self._rev
+        record.updated_at = now_ms()
+        self.records.setdefault(record.image, record)
+        self._unjournaled[record.image] = record
+        self._dirty = True
+        return record
+
+    def counts(self) -> Counter[str]:
+        return Counter(r.status for r in self.records.values())
+
+    # -- persistence
+    def commit(self) -> None:
+        """
+        Make every change since the last commit durable now, as one small journal file.
+
+        Called before a submission is sent (so a crash leaves ``pending_submit``, not silence) and right
+        after it is accepted (so the task id is never lost).
+        """
+        if not self._unjournaled:
+            return
+        changed = list(self._unjournaled.values())
+        name = f"{self._rev:012d}-{uuid.uuid4().hex[:8]}.jsonl"
+        target = self.journal_dir / name
+        _write_new(target, render_lines(changed))
+        self._journal_files.append(target)
+        self._unjournaled.clear()
+
+    def flush(self, force: bool = False) -> bool:
+        """
+        Rewrite the snapshot if something changed and ``flush_interval`` passed (or ``force``).
+
+        The snapshot holds everything, so the journal files it folded are deleted afterwards.
+
+        :return: whether a snapshot was written
+        """
+        if not self._dirty and not self._journal_files:
+            return False
+        if not force and time.monotonic() - self._last_flush < self.flush_interval:
+            return False
+        write_atomic(self.path, render_lines(self.records.values()))
+        self._unjournaled.clear()
+        self._dirty = False
+        self._last_flush = time.monotonic()
+        folded, self._journal_files = self._journal_files, []
+        for journal_file in folded:
+            _delete(journal_file)
+        if folded and _is_local(self.journal_dir):
+            # Fails when not empty (another file appeared) or already gone: both fine.
+            with contextlib.suppress(OSError):
+                os.rmdir(self.journal_dir.path)
+        return True
+
+
+# ------------------------------------------------------------------------------------ captions
+def caption_text(
+    record: ManifestRecord, caption_prompt: int = 1, strip_parameters: bool = False
+) -> str | None:
+    """
+    The caption of a described image: its ``caption_prompt``-th prompt (1-based), or None.
+
+    :param strip_parameters: drop trailing Midjourney parameters (``--ar 4:3`` ...), as training
+        captions usually want
+    """
+    if record.status != SUCCESS or len(record.prompts) < caption_prompt:
+        return None
+    text = record.prompts[caption_prompt - 1]
+    if strip_parameters:
+        text = split_prompt_parameters(text)[0]
+    return text
+
+
+def _is_prompt_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4
+
+
+def _relative_name(image: str, root: str | None) -> str:
+    if root:
+        prefix = root.rstrip("/") + "/"
+        if image.startswith(prefix):
+            return image[len(prefix) :]
+    return image.rstrip("/").rsplit("/", 1)[-1]
+
+
+def write_captions(
+    records: Iterable[ManifestRecord],
+    output_dir: str | os.PathLike | ObjectStoragePath,
+    root: str | os.PathLike | ObjectStoragePath | None = None,
+    caption_prompt: int = 1,
+    strip_parameters: bool = False,
+) -> dict[str, int]:
+    """
+    Write one ``.txt`` caption per successfully described image under ``output_dir``.
+
+    The caption of ``<root>/sub/cat.png`` goes to ``<output_dir>/sub/cat.txt`` (the image's path under
+    ``root`` with its suffix replaced), the layout training tools expect. When two images would share
+    a caption file (``cat.png`` and ``cat.jpg``), the later one keeps its full name: ``cat.jpg.txt``.
+
+    :param records: manifest records (images that did not succeed get no caption)
+    :param output_dir: directory for the captions (any ObjectStoragePath, local path or URL)
+    :param root: the directory the images were listed from; without it captions go flat by file name
+    :param caption_prompt: which of the four prompts is the caption (1-4)
+    :param strip_parameters: drop trailing Midjourney parameters such as ``--ar 4:3``
+    :return: counts: ``written`` and ``skipped`` (no successful result)
+    """
+    if not _is_prompt_number(caption_prompt):
+        raise ApicoreConfigError(f"caption_prompt must be a whole number from 1 to 4, got {caption_prompt!r}")
+    out = to_storage_path(output_dir)
+    root_text = str(to_storage_path(root)) if root is not None else None
+    taken: set[str] = set()
+    written = skipped = 0
+    for record in sorted(records, key=lambda r: r.image):
+        text = caption_text(record, caption_prompt, strip_parameters)
+        if text is None:
+            skipped += 1
+            continue
+        relative = _relative_name(record.image, root_text)
+        stem, dot, _suffix = relative.rpartition(".")
+        name = (stem if dot and stem and not stem.endswith("/") else relative) + ".txt"
+        if name in taken:
+            name = relative + ".txt"
+        taken.add(name)
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n", encoding="utf-8")
+        written += 1
+    return {"written": written, "skipped": skipped}
