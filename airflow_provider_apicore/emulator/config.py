@@ -74,7 +74,9 @@ class EmulatorConfig:
         """
         Apply a partial update atomically: either every change is valid and applied, or none is.
 
-        :param changes: top-level fields to change; ``faults`` may itself be partial.
+        :param changes: top-level fields to change. A ``faults`` object describes the whole fault
+            scenario: knobs it leaves out go back to their defaults (so ``{}`` or null turns every
+            fault off), which keeps one test's faults from leaking into the next.
         """
         if not isinstance(changes, dict):
             raise EmulatorConfigError("the configuration update must be a JSON object")
@@ -85,7 +87,7 @@ class EmulatorConfig:
         candidate = dataclasses.replace(self, faults=dataclasses.replace(self.faults))
         for name, value in changes.items():
             if name == "faults":
-                candidate.faults.update(value)
+                candidate.faults = FaultConfig.from_dict(value if value is not None else {})
             else:
                 setattr(candidate, name, coerce_number(getattr(self, name), value))
         candidate.validate()

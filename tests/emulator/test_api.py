@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from airflow_provider_apicore.emulator import FaultConfig
+
 TASK_KEYS = {
     "id",
     "action",
@@ -280,6 +282,18 @@ def test_config_update_is_partial_and_applies_at_run_time(api):
     assert updated["faults"]["http_429"] == 0.5
     assert updated["concurrency"] == 3  # untouched
     assert api.server.stats()["config"]["faults"]["http_429"] == 0.5
+
+
+def test_faults_object_replaces_the_whole_fault_scenario(api):
+    api.server.configure(faults={"http_429": 0.5, "endpoints": ["list"]})
+    updated = api.server.configure(faults={"vanish": 0.1})
+    assert updated["faults"]["vanish"] == 0.1
+    assert updated["faults"]["http_429"] == 0.0 and updated["faults"]["endpoints"] is None
+    cleared = api.server.configure(faults={})
+    assert cleared["faults"] == FaultConfig().to_dict()
+    api.server.configure(faults={"slow": 1.0})
+    assert api.server.configure(faults=None)["faults"] == FaultConfig().to_dict()
+    assert cleared["job_seconds"] == 0.2
 
 
 def test_invalid_config_update_is_refused_and_changes_nothing(api):

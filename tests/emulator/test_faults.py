@@ -147,7 +147,7 @@ def test_stuck_task_can_hold_its_slot_forever(start_emulator, client_for):
     server = start_emulator(concurrency=1, faults={"stuck": 1.0, "stuck_holds_slot": True})
     api = client_for(server)
     api.wait_status(api.submit_ok(), {"IN_PROGRESS"})
-    server.configure(faults={"stuck": 0.0})
+    server.configure(faults={"stuck_holds_slot": True})  # new tasks run normally
     waiting = api.submit_ok()
     time.sleep(0.5)
     assert api.task(waiting)["status"] == "SUBMITTED"
