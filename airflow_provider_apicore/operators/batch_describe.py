@@ -756,11 +756,16 @@ class _BatchRun:
             r for r in records if r.is_final or (r.status == UNKNOWN_FATE and r.image not in self.in_doubt)
         ]
         failed = sum(1 for r in done if r.status in FAILED_STATUSES)
+        # Images finished in the last RATE_WINDOW_MS, over the time since the first of them was sent: a
+        # rate that survives restarts and deferrals because it comes from the manifest, not this process.
         now = now_ms()
-        recent = sorted(r.updated_at for r in done if r.updated_at and r.updated_at >= now - RATE_WINDOW_MS)
+        window_start = now - RATE_WINDOW_MS
+        recent = [r for r in done if r.updated_at and r.updated_at >= window_start]
         rate = None
-        if len(recent) >= 2 and now > recent[0]:
-            rate = len(recent) / ((now - recent[0]) / 60000)
+        if recent:
+            began = max(window_start, min(r.accepted_at or r.updated_at or now for r in recent))
+            if now - began >= 1000:
+                rate = len(recent) / ((now - began) / 60000)
         remaining = len(records) - len(done)
         eta = None if not rate else remaining / rate * 60
         return {

@@ -1,0 +1,234 @@
+"""The results manifest: snapshots, journal, crash tolerance, the shared record format, captions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+
+import pytest
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_apicore import manifest as manifest_module
+from airflow_provider_apicore.exceptions import ApicoreConfigError
+from airflow_provider_apicore.manifest import (
+    PENDING_SUBMIT,
+    SUBMITTED,
+    VOLATILE_FIELDS,
+    Manifest,
+    ManifestRecord,
+    apply_result,
+    apply_task,
+    normalised,
+    read_manifest,
+    write_captions,
+    write_manifest,
+)
+from airflow_provider_apicore.models import MJTask
+from airflow_provider_apicore.results import describe_result
+
+KEYCAP = "\ufe0f\u20e3"
+PROMPT = "\n\n".join(
+    f"{n}{KEYCAP} {text}"
+    for n, text in enumerate(["a red fox in snow --ar 4:3", "a fox, watercolor --ar 4:3", "c", "d"], 1)
+)
+
+
+def task(status: str, **extra) -> MJTask:
+    obj = {"id": "1700000000000123", "status": status, "submitTime": 1, "startTime": 2, "finishTime": 3}
+    obj.update(extra)
+    return MJTask.from_json(obj)
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8").read().splitlines()]
+
+
+def test_a_change_committed_to_the_journal_is_read_back_before_any_snapshot(tmp_path):
+    path = tmp_path / "out" / "manifest.jsonl"
+    m = Manifest(str(path))
+    m.touch(m.add("/img/a.png"), status=PENDING_SUBMIT, state="d/r/abc/1", attempts=1)
+    m.commit()
+    assert not path.exists()
+    again = Manifest.load(str(path))
+    record = again.get("/img/a.png")
+    assert (record.status, record.state, record.attempts) == (PENDING_SUBMIT, "d/r/abc/1", 1)
+
+
+def test_a_snapshot_folds_the_journal_in_and_removes_it(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    m = Manifest(str(path))
+    for name in ("a", "b", "c"):
+        m.touch(m.add(f"/img/{name}.png"), status=SUBMITTED, task_id=name)
+        m.commit()
+    journal = tmp_path / "manifest.jsonl.journal"
+    assert len(os.listdir(journal)) == 3
+    assert m.flush(force=True)
+    assert not journal.exists()
+    assert [r["task_id"] for r in lines(path)] == ["a", "b", "c"]
+    assert [r.task_id for r in read_manifest(str(path))] == ["a", "b", "c"]
+
+
+def test_the_newest_revision_wins_even_over_a_newer_file(tmp_path):
+    # A crash between writing a snapshot and deleting the journal leaves older journal entries behind:
+    # they must not roll the snapshot's records back.
+    path = tmp_path / "manifest.jsonl"
+    write_manifest(str(path), [ManifestRecord(image="/a.png", status="SUCCESS", task_id="1", rev=7)])
+    journal = tmp_path / "manifest.jsonl.journal"
+    journal.mkdir()
+    stale = ManifestRecord(image="/a.png", status=PENDING_SUBMIT, rev=3)
+    (journal / "000000000003-x.jsonl").write_text(json.dumps(stale.to_dict()) + "\n")
+    newer = ManifestRecord(image="/b.png", status=SUBMITTED, task_id="2", rev=8)
+    (journal / "000000000008-y.jsonl").write_text(json.dumps(newer.to_dict()) + "\n")
+    m = Manifest.load(str(path))
+    assert m.get("/a.png").status == "SUCCESS"
+    assert m.get("/b.png").task_id == "2"
+    # New revisions continue above every revision seen.
+    m.touch(m.get("/a.png"))
+    assert m.get("/a.png").rev == 9
+
+
+def test_a_last_line_cut_short_by_a_crash_is_skipped_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "manifest.jsonl"
+    good = ManifestRecord(image="/a.png", status="SUCCESS", task_id="1", rev=1)
+    cut = json.dumps(ManifestRecord(image="/b.png", status=SUBMITTED, rev=2).to_dict())[:40]
+    path.write_text(json.dumps(good.to_dict()) + "\n" + cut)
+    with caplog.at_level(logging.WARNING):
+        records = read_manifest(str(path))
+    assert [r.image for r in records] == ["/a.png"]
+    assert "line 2" in caplog.text and "cut short" in caplog.text
+
+
+def test_a_damaged_line_in_the_middle_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    good = json.dumps(ManifestRecord(image="/a.png", rev=1).to_dict())
+    path.write_text(good + "\n{not json\n" + good + "\n")
+    with pytest.raises(ApicoreConfigError, match=r"manifest.jsonl line 2 .*repair or delete"):
+        read_manifest(str(path))
+
+
+def test_a_line_that_is_not_a_record_is_an_error(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    path.write_text('{"no_image": 1}\n')
+    with pytest.raises(ApicoreConfigError, match="line 1"):
+        read_manifest(str(path))
+
+
+def test_a_failed_snapshot_write_leaves_the_previous_manifest_whole(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.jsonl"
+    m = Manifest(str(path))
+    m.touch(m.add("/a.png"), status="SUCCESS")
+    m.flush(force=True)
+    before = path.read_bytes()
+    m.touch(m.add("/b.png"), status="SUCCESS")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(manifest_module.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        m.flush(force=True)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.jsonl"]  # no temporary file left behind
+
+
+def test_snapshots_wait_for_the_flush_interval_unless_forced(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    m = Manifest(str(path), flush_interval=3600)
+    m.add("/a.png")
+    assert not m.flush()
+    assert not path.exists()
+    assert m.flush(force=True)
+    assert not m.flush(force=True)  # nothing changed since
+
+
+def test_object_storage_without_append_gets_journal_objects_and_whole_snapshots():
+    base = f"memory://manifests-{uuid.uuid4().hex}/run"
+    path = ObjectStoragePath(f"{base}/manifest.jsonl")
+    m = Manifest(path)
+    m.touch(m.add("s3-like/a.png"), status=SUBMITTED, task_id="1")
+    m.commit()
+    m.touch(m.add("s3-like/b.png"), status=PENDING_SUBMIT)
+    m.commit()
+    loaded = Manifest.load(f"{base}/manifest.jsonl")
+    assert {r.image: r.status for r in loaded} == {
+        "s3-like/a.png": SUBMITTED,
+        "s3-like/b.png": PENDING_SUBMIT,
+    }
+    loaded.flush(force=True)
+    fs = path.__wrapped__.fs
+    assert not fs.exists(f"{path.path}.journal") or not fs.ls(f"{path.path}.journal")
+    assert [r.image for r in read_manifest(path)] == ["s3-like/a.png", "s3-like/b.png"]
+
+
+def test_a_missing_manifest_reads_as_empty(tmp_path):
+    assert read_manifest(str(tmp_path / "nothing" / "manifest.jsonl")) == []
+
+
+def test_normalised_keeps_what_two_runs_agree_on():
+    record = ManifestRecord(
+        image="/a.png", status="SUCCESS", sha256="ab", task_id="9", prompts=["p"], prompt="1 p", state="s"
+    )
+    data = normalised(record)
+    assert not set(VOLATILE_FIELDS) & set(data)
+    assert data == {
+        "image": "/a.png",
+        "status": "SUCCESS",
+        "sha256": "ab",
+        "prompts": ["p"],
+        "prompt": "1 p",
+        "error": None,
+    }
+
+
+def test_a_task_and_its_describe_result_give_the_same_record():
+    finished = task("SUCCESS", prompt=PROMPT, state="dag/run/abc/1", imageUrl="http://x/1.png")
+    from_task = ManifestRecord(image="/a.png")
+    apply_task(from_task, finished)
+    from_result = ManifestRecord(image="/a.png")
+    apply_result(from_result, describe_result(finished))
+    assert from_task.to_dict() == from_result.to_dict()
+    assert from_task.prompts[:2] == ["a red fox in snow --ar 4:3", "a fox, watercolor --ar 4:3"]
+
+
+def test_a_failed_task_records_its_fail_reason_and_a_running_one_stays_submitted():
+    record = ManifestRecord(image="/a.png")
+    apply_task(record, task("FAILURE", failReason="Banned image detected"))
+    assert (record.status, record.error, record.prompts) == ("FAILURE", "Banned image detected", [])
+    running = ManifestRecord(image="/b.png")
+    apply_task(running, task("IN_PROGRESS", progress="40%"))
+    assert (running.status, running.task_id) == (SUBMITTED, "1700000000000123")
+
+
+def _described(image: str, *prompts: str) -> ManifestRecord:
+    return ManifestRecord(image=image, status="SUCCESS", prompts=list(prompts))
+
+
+def test_captions_mirror_the_image_tree_and_never_overwrite_each_other(tmp_path):
+    root = tmp_path / "images"
+    out = tmp_path / "captions"
+    records = [
+        _described(f"{root}/sub dir/cat.png", "a cat --ar 1:1", "second"),
+        _described(f"{root}/sub dir/cat.jpg", "another cat --ar 3:2"),
+        _described(f"{root}/été.PNG", "summer"),
+        ManifestRecord(image=f"{root}/failed.png", status="FAILURE", error="x"),
+    ]
+    counts = write_captions(records, str(out), root=str(root))
+    assert counts == {"written": 3, "skipped": 1}
+    assert (out / "sub dir" / "cat.txt").read_text() == "another cat --ar 3:2\n"
+    assert (out / "sub dir" / "cat.png.txt").read_text() == "a cat --ar 1:1\n"
+    assert (out / "été.txt").read_text(encoding="utf-8") == "summer\n"
+    assert not (out / "failed.txt").exists()
+
+
+def test_captions_can_use_another_prompt_and_drop_midjourney_parameters(tmp_path):
+    records = [_described("/x/cat.png", "first --ar 1:1", "second prompt --ar 4:3 --v 6")]
+    write_captions(records, str(tmp_path), caption_prompt=2, strip_parameters=True)
+    assert (tmp_path / "cat.txt").read_text() == "second prompt\n"
+
+
+@pytest.mark.parametrize("bad", [0, 5, "1", True])
+def test_caption_prompt_must_be_one_to_four(tmp_path, bad):
+    with pytest.raises(ApicoreConfigError, match="caption_prompt must be a whole number from 1 to 4"):
+        write_captions([], str(tmp_path), caption_prompt=bad)
