@@ -24,6 +24,25 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    if pa <= pb and pa <= pc:
+        return a
+    return b if pb <= pc else c
+
+
+def _filter_row(kind: int, raw: bytes, previous: bytes, bpp: int) -> bytes:
+    out = bytearray()
+    for i, value in enumerate(raw):
+        left = raw[i - bpp] if i >= bpp else 0
+        up = previous[i]
+        up_left = previous[i - bpp] if i >= bpp else 0
+        predictor = (0, left, up, (left + up) // 2, _paeth(left, up, up_left))[kind]
+        out.append((value - predictor) % 256)
+    return bytes(out)
+
+
 def png_bytes(
     width: int,
     height: int,
@@ -31,16 +50,22 @@ def png_bytes(
     *,
     colour_type: int = 2,
     interlace: int = 0,
+    filter_type: int = 0,
 ) -> bytes:
-    """A valid PNG built with zlib + struct; ``pixel`` is a colour or a function of (x, y)."""
+    """
+    A valid PNG built with zlib + struct; ``pixel`` is a colour or a function of (x, y), and every
+    scanline is encoded with ``filter_type`` (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth).
+    """
     channels = {0: 1, 2: 3, 3: 1, 6: 4}[colour_type]
     rows = []
+    previous = bytes(width * channels)
     for y in range(height):
-        row = bytearray(b"\x00")  # filter type None
+        raw = bytearray()
         for x in range(width):
             value = pixel(x, y) if callable(pixel) else pixel
-            row += bytes(value[:channels])
-        rows.append(bytes(row))
+            raw += bytes(value[:channels])
+        rows.append(bytes([filter_type]) + _filter_row(filter_type, bytes(raw), previous, channels))
+        previous = bytes(raw)
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, interlace)
     chunks = _chunk(b"IHDR", header)
     if colour_type == 3:

@@ -88,6 +88,22 @@ def test_colours_come_from_the_pixels_of_rgb_and_rgba_pngs(png):
         assert "forest green tones" in text and "forest green and white tones" in text
 
 
+@pytest.mark.parametrize("filter_type", [1, 2, 3, 4])
+@pytest.mark.parametrize("colour_type", [2, 6])
+def test_every_png_scanline_filter_decodes_to_the_same_colours(png, filter_type, colour_type):
+    def pixel(x: int, y: int) -> tuple[int, int, int, int]:
+        return (x * 37 % 256, y * 53 % 256, (x * y) % 256, 255 - x)
+
+    reference = analyze_image(png(23, 17, pixel, colour_type=colour_type))
+    filtered = analyze_image(png(23, 17, pixel, colour_type=colour_type, filter_type=filter_type))
+    assert reference.colour_source == filtered.colour_source == "pixels"
+    assert (filtered.dominant, filtered.average, filtered.secondary) == (
+        reference.dominant,
+        reference.average,
+        reference.secondary,
+    )
+
+
 def test_fully_transparent_pixels_are_ignored(png):
     def pixel(x: int, y: int) -> tuple[int, int, int, int]:
         return (0, 0, 0, 0) if y < 8 else (220, 30, 30, 255)
