@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_apicore.emulator.faults import FAIL_REASONS, FaultConfig
+from airflow_provider_apicore.emulator.faults import FAIL_REASONS
 from tests.helpers.airflow_run import DagRunResult, airflow_env, run_dag_test
 
 DAG_ID = "apicore_describe_wait_styles"
@@ -46,8 +46,8 @@ def failure_of(result: DagRunResult, task_id: str) -> str:
 
 @pytest.fixture
 def e2e_emulator(emulator):
-    # A partial ``faults`` update keeps earlier knobs: start from the defaults.
-    emulator.configure(job_seconds=1.0, concurrency=8, faults=FaultConfig().to_dict())
+    # Jobs long enough that the deferrable operator's trigger has to wait for them.
+    emulator.configure(job_seconds=1.0, concurrency=8)
     return emulator
 
 

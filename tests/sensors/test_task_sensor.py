@@ -12,7 +12,7 @@ from airflow.sdk import PokeReturnValue
 from airflow.sdk._shared.module_loading import import_string
 from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
 
-from airflow_provider_apicore.emulator.faults import FAIL_REASONS, FaultConfig
+from airflow_provider_apicore.emulator.faults import FAIL_REASONS
 from airflow_provider_apicore.exceptions import ApicoreConfigError, TaskFailedError, TaskNotFoundError
 from airflow_provider_apicore.hooks.apicore import ApicoreHook
 from airflow_provider_apicore.results import describe_result
@@ -23,12 +23,6 @@ from tests.helpers.imagegen import make_png
 POKE = 0.1
 UNKNOWN_ID = "1725017482366000"
 CONTEXT: dict[str, Any] = {}
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_faults(emulator):
-    # A partial ``faults`` update keeps earlier knobs: start every test from the defaults.
-    emulator.configure(faults=FaultConfig().to_dict())
 
 
 def submit(color: tuple[int, int, int] = (200, 40, 40)) -> str:

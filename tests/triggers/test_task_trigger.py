@@ -14,7 +14,6 @@ from airflow.sdk._shared.module_loading import import_string
 from airflow.sdk.bases.hook import BaseHook
 from airflow.sdk.serde import deserialize, serialize
 
-from airflow_provider_apicore.emulator.faults import FaultConfig
 from airflow_provider_apicore.exceptions import TaskNotFoundError, TaskTimeoutError
 from airflow_provider_apicore.hooks import apicore as hook_module
 from airflow_provider_apicore.hooks.apicore import ApicoreHook
@@ -50,12 +49,6 @@ def first_event(trigger: MJTaskTrigger) -> dict[str, Any]:
         return events[0]
 
     return asyncio.run(run())
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_faults(emulator):
-    # A partial ``faults`` update keeps earlier knobs: start every test from the defaults.
-    emulator.configure(faults=FaultConfig().to_dict())
 
 
 @pytest.fixture
