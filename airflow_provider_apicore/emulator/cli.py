@@ -101,6 +101,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("drop_style", str, "faults", f"how dropped connections end: {' or '.join(DROP_STYLES)}"),
     Option("stuck_holds_slot", _bool, "faults", "stuck tasks keep their concurrency slot (true/false)"),
 )
+SERVER_CHOICES = {
+    "http": ("auto", "h11", "httptools"),
+    "log_level": ("critical", "error", "warning", "info", "debug", "trace"),
+}
 SERVER_DEFAULTS = {"host": "127.0.0.1", "port": 8080, "port_file": None, "http": "auto", "log_level": "info"}
 
 
@@ -126,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for option in OPTIONS:
         # Values stay strings here so flags and environment variables share one parser and one
-        # error message.
-        parser.add_argument(option.flag, dest=option.name, metavar=option.name.upper(), help=option.help)
+        # error message. A switch given alone (``--token-expired``) means true.
+        switch = {"nargs": "?", "const": "true"} if option.parse is _bool else {}
+        parser.add_argument(
+            option.flag, dest=option.name, metavar=option.name.upper(), help=option.help, **switch
+        )
     return parser
 
 
@@ -151,6 +158,9 @@ def resolve(args: argparse.Namespace, environ: dict[str, str]) -> tuple[dict[str
             value = option.parse(raw)
         except ValueError as exc:
             raise EmulatorConfigError(f"{source}: invalid value {raw!r} ({exc})") from exc
+        allowed = SERVER_CHOICES.get(option.name)
+        if allowed is not None and value not in allowed:
+            raise EmulatorConfigError(f"{source}: {value!r} is not one of {', '.join(allowed)}")
         target = {"server": server, "config": config_values, "faults": fault_values}[option.target]
         target[option.field or option.name] = value
     if fault_values.get("endpoints") == []:

@@ -97,14 +97,14 @@ async def guard(state: EmulatorState, scope: Scope, receive: Receive, send: Send
     state.requests[endpoint] += 1
     faults = state.config.faults
     fault = state.decider.request_fault(faults, endpoint)
-    if fault is not None:
-        state.faults_injected[fault] += 1
 
     if fault == "drop_before":
+        state.faults_injected[fault] += 1
         await drain_request(receive)
         await drop_connection(send, faults.drop_style)
         return
     if fault in ("http_5xx", "http_429", "html_error", "malformed_json"):
+        state.faults_injected[fault] += 1
         await drain_request(receive)
         await _answer_fault(state, fault, endpoint, send)
         return
@@ -118,6 +118,10 @@ async def guard(state: EmulatorState, scope: Scope, receive: Receive, send: Send
         await drain_request(receive)
         await send_json(send, 401, {"error": {"message": message, "type": "unauthorized"}})
         return
+
+    # The remaining faults act after processing, so they only apply to authorised requests.
+    if fault is not None:
+        state.faults_injected[fault] += 1
 
     if fault == "drop_after":
 

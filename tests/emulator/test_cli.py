@@ -80,6 +80,13 @@ def test_environment_sets_fault_knobs_and_flags_override_it():
     assert server["port"] == 0
 
 
+def test_switches_given_alone_mean_true():
+    _, config = resolve(build_parser().parse_args(["--token-expired", "--stuck-holds-slot"]), {})
+    assert config.faults.token_expired is True and config.faults.stuck_holds_slot is True
+    _, config = resolve(build_parser().parse_args(["--token-expired", "false"]), {})
+    assert config.faults.token_expired is False
+
+
 @pytest.mark.parametrize(
     ("args", "env", "named"),
     [
@@ -87,6 +94,7 @@ def test_environment_sets_fault_knobs_and_flags_override_it():
         ([], {"APICORE_EMULATOR_HTTP_5XX": "often"}, "APICORE_EMULATOR_HTTP_5XX"),
         (["--vanish", "1.5"], {}, "faults.vanish"),
         (["--token-expired", "maybe"], {}, "--token-expired"),
+        (["--http", "h3"], {}, "--http"),
     ],
 )
 def test_bad_values_exit_2_naming_the_flag_or_variable(args, env, named, monkeypatch, capsys):
