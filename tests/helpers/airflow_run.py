@@ -118,3 +118,18 @@ def _decode(value: Any) -> Any:
         return json.loads(value)
     except (TypeError, ValueError):
         return value
+
+
+def airflow_db_dump(home: Path) -> str:
+    """Every text value of the metadata DB (XCom, rendered fields, logs tables, ...), for leak checks."""
+    con = sqlite3.connect(home / "airflow.db")
+    try:
+        con.text_factory = lambda b: b.decode("utf-8", errors="replace")
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        parts = []
+        for table in tables:
+            for row in con.execute(f'SELECT * FROM "{table}"'):
+                parts.extend(str(v) for v in row if v is not None)
+        return "\n".join(parts)
+    finally:
+        con.close()
