@@ -130,7 +130,7 @@ def stop_group(pgid: int, grace: float, proc: subprocess.Popen | None = None) ->
     while time.monotonic() < deadline:
         if proc is not None:
             proc.poll()
-        if not _group_exists(pgid):
+        if not group_exists(pgid):
             break
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -140,7 +140,7 @@ def stop_group(pgid: int, grace: float, proc: subprocess.Popen | None = None) ->
             proc.wait(timeout=5)
 
 
-def _group_exists(pgid: int) -> bool:
+def group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -184,11 +184,19 @@ def postgres_unavailable_reason() -> str | None:
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root but there is no 'postgres' user to own the cluster (initdb refuses root)"
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        return "the psycopg2 driver is not installed (pip install psycopg2-binary)"
+    # Airflow talks to its metadata database through psycopg2 and, in the API server, asyncpg.
+    missing = [
+        pip for module, pip in (("psycopg2", "psycopg2-binary"), ("asyncpg", "asyncpg")) if not _has(module)
+    ]
+    if missing:
+        return f"PostgreSQL drivers not installed: pip install {' '.join(missing)}"
     return None
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 class PostgresCluster:
@@ -411,6 +419,9 @@ class AirflowStack:
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                # Scheduled DAGs (e.g. the @daily batch example) run only when triggered, with the
+                # caller's params, never on their own with the defaults.
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             }
         )
         self.env.update(self.extra_env)
@@ -583,7 +594,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_down(args: argparse.Namespace) -> int:
     state = json.loads((Path(args.root) / "stack.json").read_text())
     for name, pid in state["pids"].items():
-        if pid and _group_exists(pid):
+        if pid and group_exists(pid):
             say(f"stopping {name} (process group {pid})")
             stop_group(pid, 20)
     if state.get("postgres_data"):
