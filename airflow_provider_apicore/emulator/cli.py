@@ -77,6 +77,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("progress_step", int, "config", "progress is reported in steps of this many percent (default 10)"),
     Option("notify_timeout", float, "config", "seconds allowed per notifyHook POST (default 2.0)"),
     Option("notify_workers", int, "config", "notifyHook POSTs in flight at once (default 8)"),
+    Option("dedupe", _bool, "config", "answer code 21 with the earlier task for a resubmitted image"),
     Option("http_5xx", float, "faults", "rate of 500/502/503/504 answers, request not processed"),
     Option("http_429", float, "faults", "rate of 429 answers with Retry-After, request not processed"),
     Option("retry_after", int, "faults", "seconds in the 429 Retry-After header (default 1)"),

@@ -31,6 +31,10 @@ class EmulatorConfig:
     :param progress_step: progress is reported in steps of this many percent (fewer callbacks).
     :param notify_timeout: seconds allowed for one notifyHook POST.
     :param notify_workers: notifyHook POSTs in flight at once.
+    :param dedupe: answer code 21 ("task already exists") with the earlier task's id when the same
+        image bytes are submitted again while that task is known and has not failed, as gateways
+        that deduplicate do. Off by default: every accepted image then starts a job, and
+        ``duplicate_submissions`` counts the repeats.
     :param faults: fault injection knobs, see :class:`FaultConfig`.
     """
 
@@ -43,6 +47,7 @@ class EmulatorConfig:
     progress_step: int = 10
     notify_timeout: float = 2.0
     notify_workers: int = 8
+    dedupe: bool = False
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
@@ -62,6 +67,8 @@ class EmulatorConfig:
         require_int("notify_workers", self.notify_workers, minimum=1)
         require_int("progress_step", self.progress_step, minimum=1, maximum=99)
         require_int("seed", self.seed, minimum=-(2**63))
+        if not isinstance(self.dedupe, bool):
+            raise EmulatorConfigError(f"dedupe must be true or false, got {self.dedupe!r}")
         self.faults.validate()
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ UNREADABLE_IMAGE_REASON = "Invalid image: the file is not a readable PNG, JPEG, 
 SUBMIT_SUCCESS = "Submit success"
 # The original server's wording, fullwidth comma included.
 QUEUE_FULL = "队列已满，请稍后尝试"
+TASK_EXISTS = "任务已存在"
 
 
 def now_ms() -> int:
@@ -142,6 +143,7 @@ class EmulatorState:
         self.fresh: list[Task] = []  # NOT_START tasks to move to SUBMITTED on the next tick
         self.issued_ids: set[str] = set()
         self.image_hashes: dict[str, int] = {}
+        self.task_by_hash: dict[str, Task] = {}
         self.decider.reseed(self.config.seed)
         self.notifier.reset_counters()
         self.requests = dict.fromkeys(ENDPOINTS, 0)
@@ -149,6 +151,7 @@ class EmulatorState:
         self.submissions_accepted = 0
         self.submissions_rejected: dict[str, int] = {}
         self.duplicate_submissions = 0
+        self.submissions_existed = 0
         self.tasks_created = 0
         self.status_counts = dict.fromkeys(STATUSES, 0)
         self.max_concurrent_in_progress = 0
@@ -191,6 +194,16 @@ class EmulatorState:
             self.faults_injected["queue_full"] += 1
             self.reject(23)
             return {"code": 23, "description": QUEUE_FULL, "result": None, "properties": properties}
+        if config.dedupe:
+            earlier = self.task_by_hash.get(info.sha256)
+            if earlier is not None and earlier.id in self.tasks and earlier.status not in (FAILURE, "CANCEL"):
+                self.submissions_existed += 1
+                return {
+                    "code": 21,
+                    "description": TASK_EXISTS,
+                    "result": earlier.id,
+                    "properties": properties,
+                }
         active = len(self.running) + len(self.queue)
         if active >= config.concurrency + config.queue_size:
             self.reject(23)
@@ -216,6 +229,7 @@ class EmulatorState:
         if seen:
             self.duplicate_submissions += 1
         self.image_hashes[info.sha256] = seen + 1
+        self.task_by_hash[info.sha256] = task
         self.fresh.append(task)
 
         if len(self.running) < config.concurrency and not self.queue:
@@ -343,6 +357,7 @@ class EmulatorState:
             "submissions_accepted": self.submissions_accepted,
             "submissions_rejected": dict(self.submissions_rejected),
             "duplicate_submissions": self.duplicate_submissions,
+            "submissions_existed": self.submissions_existed,
             "tasks_created": self.tasks_created,
             "tasks_known": len(self.tasks),
             "tasks_by_status": dict(self.status_counts),
