@@ -24,7 +24,7 @@ from scripts.airflow_stack import (
     group_exists,
     postgres_unavailable_reason,
 )
-from tests.integration.rest import RunWatch, trigger_and_watch
+from tests.integration.rest import RunWatch, emulator_get, trigger_and_watch
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results" / "integration"
@@ -35,6 +35,7 @@ SAMPLE_IMAGES = REPO / "dags" / "sample_images"
 #: arrives after the resume (apache/airflow#72716); the LocalExecutor's supervisor reports that exit
 #: up to [workers] min_heartbeat_interval (5 s) late.
 EMULATOR_ARGS = ["--job-seconds", "10", "--concurrency", "6", "--queue-size", "50", "--log-level", "warning"]
+FANOUT_IMAGES = ["forest_path.jpg", "ocean-waves.png", "red_balloon.png"]
 STACK_ENV = {
     # Read by dags/apicore_describe_wait_styles.py when it is parsed.
     "APICORE_EXAMPLE_POLL_INTERVAL": "1",
@@ -158,3 +159,17 @@ def run_dag(stack: AirflowStack, dag_id: str, conf: dict[str, Any]) -> RunWatch:
 def copy_images(target: Path, names: list[str]) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy2(SAMPLE_IMAGES / name, target / name)) for name in names]
+
+
+@pytest.fixture(scope="session")
+def fanout_run(stack: AirflowStack, apicore_connection: str, workdir: Path) -> RunWatch:
+    images = copy_images(workdir / "fanout-images", FANOUT_IMAGES)
+    conf = {
+        "image_dir": str(images[0].parent),
+        "output_dir": str(workdir / "fanout-output"),
+        "caption_prompt": 2,
+    }
+    before = emulator_get(stack, "/_emulator/stats")["submissions_accepted"]
+    watch = run_dag(stack, "apicore_describe_images", conf)
+    watch.submissions = emulator_get(stack, "/_emulator/stats")["submissions_accepted"] - before
+    return watch

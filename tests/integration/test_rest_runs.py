@@ -12,20 +12,18 @@ from typing import Any
 import pytest
 
 from scripts.airflow_stack import AirflowStack
-from tests.integration.conftest import copy_images, run_dag
+from tests.integration.conftest import FANOUT_IMAGES, copy_images, run_dag
 from tests.integration.rest import (
     RunWatch,
     assert_deferred_to_triggerer,
     assert_not_deferred,
     assert_succeeded,
-    emulator_get,
     emulator_task,
     xcom,
 )
 
 pytestmark = pytest.mark.integration
 
-FANOUT_IMAGES = ["forest_path.jpg", "ocean-waves.png", "red_balloon.png"]
 #: compare_prompts' keys -> the task whose result each one is.
 WAIT_STYLES = {
     "polling": "describe_polling",
@@ -46,20 +44,6 @@ def assert_described(stack: AirflowStack, result: dict[str, Any], expected_state
     )
     if expected_state is not None:
         assert task["state"] == expected_state
-
-
-@pytest.fixture(scope="session")
-def fanout_run(stack: AirflowStack, apicore_connection: str, workdir: Path) -> RunWatch:
-    images = copy_images(workdir / "fanout-images", FANOUT_IMAGES)
-    conf = {
-        "image_dir": str(images[0].parent),
-        "output_dir": str(workdir / "fanout-output"),
-        "caption_prompt": 2,
-    }
-    before = emulator_get(stack, "/_emulator/stats")["submissions_accepted"]
-    watch = run_dag(stack, "apicore_describe_images", conf)
-    watch.submissions = emulator_get(stack, "/_emulator/stats")["submissions_accepted"] - before
-    return watch
 
 
 def test_fanout_dag_succeeds_with_every_mapped_describe_deferred_to_the_triggerer(
