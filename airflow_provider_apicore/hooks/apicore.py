@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ LIST_BY_CONDITION = "/mj/task/list-by-condition"
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Never sleep longer than this for one Retry-After, whatever the server asks.
 MAX_RETRY_AFTER = 300.0
+#: A submit ``code``: a whole number in ASCII digits (``str.isdigit`` also takes "¹", which int() refuses).
+_CODE = re.compile(r"-?[0-9]{1,9}")
 
 _SUBMIT_ERRORS: dict[int, type[ApicoreSubmitError]] = {
     23: ApicoreQueueFullError,
@@ -159,12 +163,15 @@ def retry_delay(attempt: int, backoff: float, max_backoff: float, retry_after: s
 def _parse_retry_after(value: str) -> float | None:
     value = value.strip()
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "nan" or "inf" would reach time.sleep(), which refuses NaN: fall back to the backoff instead.
+        return seconds if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return when.timestamp() - time.time()
 
@@ -186,7 +193,8 @@ class ApicoreHook(BaseHook):
     The connection (type ``apicore``) holds the API token in its password and the base URL in its host
     (default ``https://api.apicore.ai``); extras ``timeout`` and ``max_retries`` tune the client.
     Transient answers (429 honouring ``Retry-After``, 500/502/503/504, connection errors before the
-    request was sent) are retried with exponential backoff and jitter. A submission that may have
+    request was sent, and answers to task queries that are not JSON at all) are retried with
+    exponential backoff and jitter, at most ``max_retries`` times. A submission that may have
     reached the server is never blindly retried: :class:`SubmissionFateUnknownError` is raised instead.
 
     :param apicore_conn_id: the Airflow connection id
@@ -414,9 +422,10 @@ class ApicoreHook(BaseHook):
         if not isinstance(body, dict):
             raise ApicoreResponseError("submit answer is not a JSON object", safe_excerpt(repr(body)))
         code = body.get("code")
-        if isinstance(code, bool) or not isinstance(code, (int, str)) or not str(code).lstrip("-").isdigit():
+        valid = isinstance(code, (int, str)) and not isinstance(code, bool)
+        if not valid or not _CODE.fullmatch(str(code).strip()):
             raise ApicoreResponseError("submit answer has no integer 'code'", safe_excerpt(json.dumps(body)))
-        code = int(code)
+        code = int(str(code).strip())
         description = str(body.get("description") or "")
         properties = body.get("properties") if isinstance(body.get("properties"), dict) else {}
         if code in ACCEPTED_CODES:
@@ -454,6 +463,7 @@ class ApicoreHook(BaseHook):
         attempt: int,
         retries: int,
         not_found_ok: bool,
+        idempotent: bool = True,
     ) -> _Attempt:
         """Turn one HTTP answer into a value, a retry, or an exception (shared by sync and async)."""
         settings = self._settings
@@ -486,11 +496,28 @@ class ApicoreHook(BaseHook):
         if not content.strip():
             if not_found_ok:
                 return _Attempt(True, None)
-            raise ApicoreResponseError(f"empty answer to {path}")
+            return self._not_json(f"answer to {path} was empty", "", idempotent, attempt, retries)
         try:
             return _Attempt(True, json.loads(content))
         except ValueError:
-            raise ApicoreResponseError(f"answer to {path} is not JSON", safe_excerpt(content)) from None
+            return self._not_json(
+                f"answer to {path} is not JSON", safe_excerpt(content), idempotent, attempt, retries
+            )
+
+    def _not_json(self, reason: str, excerpt: str, idempotent: bool, attempt: int, retries: int) -> _Attempt:
+        """
+        An answer that is not JSON at all: cut short, or replaced on the way (a proxy's page with 200).
+
+        That is transport damage, so a read is asked again like after a 5xx. A submit is not: the
+        server may have processed it, and sending it again could start a second paid job.
+        """
+        if idempotent and attempt < retries:
+            return _Attempt(
+                False, delay=retry_delay(attempt, self.retry_backoff, self.max_backoff), why=reason
+            )
+        if idempotent and attempt:
+            reason = f"{reason}, {attempt + 1} times; gave up (max_retries={retries})"
+        raise ApicoreResponseError(reason, excerpt)
 
     # ------------------------------------------------------------------ transport: sync
     def _request(
@@ -525,6 +552,7 @@ class ApicoreHook(BaseHook):
                     attempt,
                     retries,
                     not_found_ok,
+                    idempotent,
                 )
             if outcome.done:
                 return outcome.value
