@@ -304,3 +304,71 @@ def test_a_killed_try_is_finished_by_the_next_without_resubmitting_accepted_imag
     assert not [r for r in records.values() if r.status in (SUBMITTED, PENDING_SUBMIT)]
     _, state, _, _ = read_last_run(airflow_home / "airflow.db", dag_id)
     assert state == "success"
+
+
+def test_a_try_killed_while_its_submission_awaits_the_answer_is_reconciled_on_resume(
+    tree, emulator, airflow_home, tmp_path
+):
+    """
+    The worst moment to die: APICore has accepted a submission but its answer has not arrived.
+
+    The emulator holds the answers to submissions (``slow``) from about half way; the try is killed
+    while it waits for one. The next try finds that image ``pending_submit`` and reconciles it by
+    sending the same image again: a server that deduplicates answers with the existing task (code 21,
+    no duplicate); one that does not starts a second job, exactly one, which its counter shows.
+    """
+    emulator.configure(**FAST_ACCOUNT)
+    dag_id = "apicore_batch_lost_answer_e2e"
+    env = crash_env(tmp_path, airflow_home, emulator, dag_id, deferrable=False)
+    manifest = tmp_path / "manifest.jsonl"
+    conf = {"image_dir": str(tree.root), "manifest_path": str(manifest)}
+    first = subprocess.Popen(
+        [AIRFLOW, "dags", "test", dag_id, "--conf", json.dumps(conf)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def hold_answers_then_kill(_stats: dict) -> None:
+        emulator.configure(faults={"slow": 1.0, "slow_seconds": 60, "endpoints": ["submit"]})
+        deadline = time.monotonic() + 30
+        while emulator.stats()["faults_injected"]["slow"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the held submission has been processed: accepted upstream, answer not sent
+        os.killpg(first.pid, signal.SIGKILL)
+
+    watcher = Watcher(emulator, lambda s: s["submissions_accepted"] >= 100, hold_answers_then_kill)
+    watcher.start()
+    try:
+        first.wait(timeout=180)
+    finally:
+        watcher.stop.set()
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == -signal.SIGKILL
+    emulator.configure(faults={})
+
+    left = {r.image: r for r in read_manifest(manifest)}
+    [in_the_air] = [r for r in left.values() if r.status == PENDING_SUBMIT]
+    # The client cannot ask for a task by its tag; the test can, through the emulator's admin API.
+    [lost] = requests.get(
+        f"{emulator.url}/_emulator/tasks", params={"state": in_the_air.state}, timeout=10
+    ).json()
+    accepted_before = {image: r.task_id for image, r in left.items() if r.task_id}
+
+    second = run_dag_test(env, dag_id, conf)
+    assert second.returncode == 0, second.output[-4000:]
+    assert second.state == "success"
+    records = {r.image: r for r in read_manifest(manifest)}
+    assert all(r.status == "SUCCESS" for r in records.values()) and len(records) == 200
+    assert all(records[image].task_id == task_id for image, task_id in accepted_before.items())
+    reconciled = records[in_the_air.image]
+    assert reconciled.attempts == 2, "sent once more, with the next attempt's tag"
+    server_deduplicated = reconciled.task_id == lost["id"]
+    stats = emulator.stats()
+    assert stats["duplicate_submissions"] == (0 if server_deduplicated else 1)
+    assert stats["submissions_accepted"] == len(tree.unique) + stats["duplicate_submissions"]
+    # The image in doubt kept its slot until reconciled: the bound held throughout.
+    assert stats["max_active"] <= MAX_IN_FLIGHT
+    assert "submitted again after a lost answer" in second.output or "code 21" in second.output
