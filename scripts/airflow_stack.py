@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
+import ctypes.util
 import glob
 import json
 import os
@@ -100,6 +102,7 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: stopping it reaches forked workers too
+                preexec_fn=_terminate_with_parent,
             )
 
     @property
@@ -120,6 +123,25 @@ class Service:
         if self.proc is None:
             return
         stop_group(self.proc.pid, grace, self.proc)
+
+
+def _terminate_with_parent() -> None:
+    """In the child: get SIGTERM when the process that started us dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks, fixture finalizers and atexit run."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def stop_group(pgid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
@@ -335,6 +357,7 @@ class AirflowStack:
             (self.on_phase or (lambda p: say(f"{p.name}: {p.seconds:.1f}s")))(done)
 
     def start(self) -> AirflowStack:
+        _stop_on_sigterm()
         _live_stacks.append(self)
         try:
             if self.database == "postgres":
@@ -573,7 +596,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         emulator_args=["--job-seconds", str(args.job_seconds)],
     )
     # SIGTERM ends the foreground wait like Ctrl-C, so the finally below tears everything down.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _stop_on_sigterm()
     try:
         stack.start()
         say("ready:\n" + stack.describe())

@@ -150,8 +150,13 @@ def workdir(stack: AirflowStack) -> Path:
 
 
 def run_dag(stack: AirflowStack, dag_id: str, conf: dict[str, Any]) -> RunWatch:
-    """Trigger ``dag_id`` through the REST API, wait for the run, and record how long it took."""
+    """
+    Trigger ``dag_id`` through the REST API and wait for the run; record how long it took and how many
+    describe jobs the emulator accepted meanwhile (runs are sequential, so they are this run's).
+    """
+    before = emulator_get(stack, "/_emulator/stats")["submissions_accepted"]
     watch = trigger_and_watch(stack, dag_id, conf)
+    watch.submissions = emulator_get(stack, "/_emulator/stats")["submissions_accepted"] - before
     record_phase(Phase(f"{stack.database}: run {dag_id}", watch.seconds))
     return watch
 
@@ -168,8 +173,6 @@ def fanout_run(stack: AirflowStack, apicore_connection: str, workdir: Path) -> R
         "image_dir": str(images[0].parent),
         "output_dir": str(workdir / "fanout-output"),
         "caption_prompt": 2,
+        "strip_parameters": True,
     }
-    before = emulator_get(stack, "/_emulator/stats")["submissions_accepted"]
-    watch = run_dag(stack, "apicore_describe_images", conf)
-    watch.submissions = emulator_get(stack, "/_emulator/stats")["submissions_accepted"] - before
-    return watch
+    return run_dag(stack, "apicore_describe_images", conf)

@@ -64,22 +64,33 @@ def test_fanout_xcoms_and_manifest_match_what_the_emulator_returned(
     state_tag = f"apicore_describe_images/{fanout_run.run_id}"
     listed = xcom(stack, fanout_run, "list_images")
     assert sorted(Path(p).name for p in listed) == sorted(FANOUT_IMAGES)
-    results = [xcom(stack, fanout_run, "describe", m) for _, m in fanout_run.keys("describe")]
-    for result in results:
+    results = {image: xcom(stack, fanout_run, "describe", m) for m, image in enumerate(listed)}
+    for result in results.values():
         assert_described(stack, result, expected_state=state_tag)
-    assert len({r["task_id"] for r in results}) == len(FANOUT_IMAGES)
+    assert len({r["task_id"] for r in results.values()}) == len(FANOUT_IMAGES)
 
+    output = Path(conf["output_dir"])
+    manifest = output / "manifest.jsonl"
     summary = xcom(stack, fanout_run, "write_results")
-    manifest = Path(conf["output_dir"]) / "manifest.jsonl"
-    assert summary["images"] == len(FANOUT_IMAGES) and summary["manifest"] == str(manifest), summary
-    lines = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    # The manifest pairs each listed image with its mapped result, in mapping order.
-    assert [line["image"] for line in lines] == listed
-    assert [line["task_id"] for line in lines] == [r["task_id"] for r in results]
-    assert [line["prompts"] for line in lines] == [r["prompts"] for r in results]
-    for image, result in zip(listed, results, strict=True):
-        caption = Path(conf["output_dir"]) / f"{Path(image).stem}.txt"
-        assert caption.read_text().strip() == result["prompts"][conf["caption_prompt"] - 1]
+    assert summary == {
+        "manifest": str(manifest),
+        "images": len(FANOUT_IMAGES),
+        "succeeded": len(FANOUT_IMAGES),
+        "failed": 0,
+        "captions": len(FANOUT_IMAGES),
+    }
+    records = {r["image"]: r for r in map(json.loads, manifest.read_text().splitlines())}
+    assert set(records) == set(listed)
+    for image, result in results.items():
+        record = records[image]
+        assert record["status"] == "SUCCESS"
+        assert (record["task_id"], record["prompts"]) == (result["task_id"], result["prompts"])
+        # caption_prompt=2 and strip_parameters=True came from the run's conf.
+        caption = (output / f"{Path(image).stem}.txt").read_text().strip()
+        chosen = result["prompts"][conf["caption_prompt"] - 1]
+        assert caption and chosen.startswith(caption) and "--" not in caption, (caption, chosen)
+        if " --" in chosen:
+            assert chosen != caption, "strip_parameters=True kept the Midjourney parameters"
 
 
 def test_wait_styles_dag_polls_in_the_worker_and_defers_to_the_triggerer(
@@ -102,3 +113,50 @@ def test_wait_styles_dag_polls_in_the_worker_and_defers_to_the_triggerer(
     # Both sensors followed the job the ``submit`` task started.
     assert compared["task_ids"]["sensor_poke"] == xcom(stack, watch, "submit", key="task_id")
     assert compared["task_ids"]["sensor_deferrable"] == compared["task_ids"]["sensor_poke"]
+
+
+def test_batch_dag_describes_a_directory_in_the_triggerer_and_resumes_from_its_manifest(
+    stack: AirflowStack, apicore_connection: str, workdir: Path
+) -> None:
+    from airflow_provider_apicore.manifest import read_manifest
+
+    images = copy_images(workdir / "batch-images", ["forest_path.jpg", "sunset beach.JPG"])
+    conf = {
+        "image_dir": str(images[0].parent),
+        "manifest_path": str(workdir / "batch" / "manifest.jsonl"),
+        "output_dir": str(workdir / "batch" / "captions"),
+        "max_in_flight": 4,
+        "poll_interval": 2,
+        "strip_parameters": False,
+    }
+
+    first = run_batch(stack, conf)
+    assert first.submissions == 2
+    assert_deferred_to_triggerer(stack, first, ("describe_directory", -1))
+    summary = xcom(stack, first, "write_captions")
+    assert (summary["total"], summary["succeeded"], summary["failed"], summary["captions"]) == (2, 2, 0, 2)
+    records = {Path(r.image).name: r for r in read_manifest(conf["manifest_path"])}
+    assert set(records) == {"forest_path.jpg", "sunset beach.JPG"}
+    for name, record in records.items():
+        assert record.status == "SUCCESS"
+        result = {"task_id": record.task_id, "status": record.status, "prompts": record.prompts}
+        assert_described(stack, result)
+        caption = Path(conf["output_dir"]) / (Path(name).stem + ".txt")
+        assert caption.read_text().strip() == record.prompts[0]
+
+    # The next run over the same manifest sends only the image added since.
+    copy_images(workdir / "batch-images", ["night_sky.webp"])
+    second = run_batch(stack, conf)
+    assert second.submissions == 1
+    again = {Path(r.image).name: r for r in read_manifest(conf["manifest_path"])}
+    assert set(again) == {"forest_path.jpg", "sunset beach.JPG", "night_sky.webp"}
+    assert all(again[name].task_id == records[name].task_id for name in records)
+    assert again["night_sky.webp"].status == "SUCCESS"
+    summary = xcom(stack, second, "write_captions")
+    assert (summary["total"], summary["succeeded"], summary["captions"]) == (3, 3, 3)
+
+
+def run_batch(stack: AirflowStack, conf: dict) -> RunWatch:
+    watch = run_dag(stack, "apicore_batch_describe", conf)
+    assert_succeeded(stack, watch)
+    return watch

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from scripts.airflow_stack import AirflowStack
-from tests.integration.conftest import RESULTS, note
+from scripts.airflow_stack import AirflowStack, Phase
+from tests.integration.conftest import RESULTS, note, record_phase
 from tests.integration.rest import RunWatch, emulator_get
 
 pytestmark = [
@@ -55,6 +56,7 @@ def browser(system_deps: str) -> Iterator[Any]:
         pytest.skip("the Python package playwright is not installed (pip install playwright)")
     # A new, empty profile (Chromium's --user-data-dir, passed the way Playwright wants it).
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    started = time.monotonic()
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             profile,
@@ -68,6 +70,7 @@ def browser(system_deps: str) -> Iterator[Any]:
         finally:
             context.close()
             shutil.rmtree(profile, ignore_errors=True)
+            record_phase(Phase("sqlite: UI checks in Chromium", time.monotonic() - started))
 
 
 @pytest.fixture
