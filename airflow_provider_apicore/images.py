@@ -60,6 +60,8 @@ _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 _AVIF_BRANDS = {b"avif", b"avis"}
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _DIRECTORY_RULE = "this is a directory, not an image file (use list_images for folders)"
+# Local pipes, sockets and devices: fsspec reports type "other". Opening a pipe would wait for a writer.
+_NOT_REGULAR_RULE = "not a regular file (a named pipe, socket or device); cannot be read as an image"
 
 
 def detect_image_type(header: bytes) -> str | None:
@@ -396,6 +398,8 @@ def load_image(source: ImageSource, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) ->
         info = fs.info(path.path)
         if info.get("type") == "directory":
             raise InvalidImageError(where, _DIRECTORY_RULE)
+        if info.get("type") == "other":
+            raise InvalidImageError(where, _NOT_REGULAR_RULE)
         size = info.get("size")
         if size == 0:
             raise InvalidImageError(where, "the file is empty (0 bytes)")
@@ -448,6 +452,7 @@ _SKIP_REASONS = {
     "truncated": ("truncated or corrupt", "truncated or corrupt"),
     "empty": ("empty", "empty"),
     "too_large": ("over the size limit", "over the size limit"),
+    "not_regular": ("not a regular file", "not regular files"),
     "unreadable": ("unreadable", "unreadable"),
     "hidden": ("hidden", "hidden"),
 }
@@ -480,7 +485,10 @@ def _matches(pattern: str, rel: str, name: str) -> bool:
 def _skip_reason(fs: AbstractFileSystem, path: ObjectStoragePath, max_bytes: int | None) -> str | None:
     """Why a listed file cannot be described (a key of _SKIP_REASONS), or None if it looks fine."""
     try:
-        size = fs.size(path.path)
+        info = fs.info(path.path)
+        if info.get("type") == "other":
+            return "not_regular"
+        size = info.get("size")
         if size == 0:
             return "empty"
         if max_bytes is not None and size is not None and size > max_bytes:
@@ -499,9 +507,9 @@ def _existing_file(source: ImageSource) -> ObjectStoragePath:
     path = _to_storage_path(source)
     where = str(path)
     with _io_errors(where):
-        if not path.exists():
-            raise InvalidImageError(where, "file does not exist")
-        if path.is_dir():
+        # info(), not exists(): exists() is False for a symlink loop, which is unreadable, not absent.
+        info = _filesystem(path).info(path.path)
+        if info.get("type") == "directory":
             raise InvalidImageError(
                 where, "this is a directory; pass it alone as the source to list its images"
             )
