@@ -7,10 +7,16 @@ attributes as well as in its message. No message ever contains the API token or 
 
 from __future__ import annotations
 
+import re
+from urllib.parse import unquote
+
 from airflow.sdk.exceptions import AirflowException
 
 #: Longest excerpt of a server answer quoted in an error message.
 EXCERPT_LIMIT = 200
+
+# "scheme://authority": the user-info part is everything before the authority's last "@".
+_URL_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#\s]*)")
 
 
 def safe_excerpt(text: str | bytes | None, limit: int = EXCERPT_LIMIT) -> str:
@@ -22,6 +28,48 @@ def safe_excerpt(text: str | bytes | None, limit: int = EXCERPT_LIMIT) -> str:
     flat = " ".join(text.split())
     flat = "".join(ch if ch.isprintable() else "?" for ch in flat)
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def redact_url_credentials(url: str) -> str:
+    """
+    ``url`` with the secret of its user-info part replaced by ``***``, for logs and messages.
+
+    ``https://user:pass@host/hook`` becomes ``https://user:***@host/hook``; a user-info without a
+    colon (``https://token@host``) is often a token and is hidden whole. Works on malformed URLs too.
+    """
+    if not isinstance(url, str):
+        return url
+
+    def hide(match: re.Match[str]) -> str:
+        authority = match.group(2)
+        if "@" not in authority:
+            return match.group(0)
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        return f"{match.group(1)}{user + ':***' if colon else '***'}@{host}"
+
+    return _URL_AUTHORITY.sub(hide, url)
+
+
+def url_credentials(url: str) -> list[str]:
+    """
+    The secrets in a URL's user-info part (the password, or a lone user name that may be a token), as
+    written and percent-decoded: what to register with Airflow's secret masker.
+    """
+    if not isinstance(url, str):
+        return []
+    secrets: list[str] = []
+    for match in _URL_AUTHORITY.finditer(url):
+        authority = match.group(2)
+        if "@" not in authority:
+            continue
+        userinfo = authority.rpartition("@")[0]
+        user, colon, password = userinfo.partition(":")
+        secret = password if colon else user
+        for form in (secret, unquote(secret)):
+            if form and form not in secrets:
+                secrets.append(form)
+    return secrets
 
 
 class ApicoreError(AirflowException):

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from airflow_provider_apicore.exceptions import PayloadValidationError
+from airflow_provider_apicore.exceptions import PayloadValidationError, redact_url_credentials
 
 DESCRIBE_PAYLOAD = "describe_payload"
 
@@ -191,7 +191,9 @@ def _rule_for(error: ValidationError, schema: dict[str, Any]) -> tuple[str, str]
         return field, f"must be at least {expected} characters (got {len(value)})"
     if kind in ("format", "pattern") and field == "notifyHook" and isinstance(value, str):
         detail = http_url_problem(value) or "does not look like a URL"
-        return field, f"must be an http(s) URL with a host ({detail}); got {_excerpt(value)}"
+        # A hook URL may carry credentials (https://user:pass@host/...): never quote them.
+        detail, shown = redact_url_credentials(detail), redact_url_credentials(value)
+        return field, f"must be an http(s) URL with a host ({detail}); got {_excerpt(shown)}"
     if kind == "enum":
         return field, f"must be one of {', '.join(map(str, expected))}; got {_excerpt(value)}"
     if kind == "pattern":
