@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_apicore.exceptions import ApicoreResponseError, safe_excerpt
+from airflow_provider_apicore.exceptions import ApicoreResponseError, redact_url_credentials, safe_excerpt
 
 
 class TaskStatus(str, enum.Enum):
@@ -86,6 +86,10 @@ def _opt_str(obj: dict, key: str) -> str | None:
     raise ApicoreResponseError(f"task field {key!r} must be a string, got {type(value).__name__}")
 
 
+def _has_credentials(url: Any) -> bool:
+    return isinstance(url, str) and redact_url_credentials(url) != url
+
+
 @dataclass(frozen=True)
 class MJTask:
     """A Midjourney task object as returned by fetch / list-by-condition / notifyHook."""
@@ -135,6 +139,12 @@ class MJTask:
         properties = obj.get("properties") or {}
         if not isinstance(properties, dict):
             raise ApicoreResponseError(f"task {task_id} field 'properties' must be an object")
+        # Servers echo the notifyHook URL; its credentials must not travel on into events, XCom or logs.
+        if _has_credentials(properties.get("notifyHook")):
+            properties = {**properties, "notifyHook": redact_url_credentials(properties["notifyHook"])}
+            obj = {**obj, "properties": properties}
+        if _has_credentials(obj.get("notifyHook")):
+            obj = {**obj, "notifyHook": redact_url_credentials(obj["notifyHook"])}
         return cls(
             id=str(task_id),
             status=status,

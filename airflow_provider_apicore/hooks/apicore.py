@@ -33,7 +33,9 @@ from airflow_provider_apicore.exceptions import (
     ApicoreValidationError,
     SubmissionFateUnknownError,
     TaskNotFoundError,
+    redact_url_credentials,
     safe_excerpt,
+    url_credentials,
 )
 from airflow_provider_apicore.models import ACCEPTED_CODES, MJTask, SubmitResult
 
@@ -143,6 +145,25 @@ def _base_url(conn: Any) -> str:
     if conn.port and not parts.port:
         base = f"{base}:{conn.port}"
     return base + parts.path.rstrip("/")
+
+
+def mask_url_credentials(url: str | None) -> str | None:
+    """
+    Register the credentials in a URL (``https://user:pass@host/hook``) with Airflow's secret masker,
+    and return the URL with them redacted, fit for a log line.
+
+    Used for ``notifyHook``: the masker then hides the password wherever it would appear afterwards
+    (task logs, rendered template fields, error messages).
+    """
+    if not url or not isinstance(url, str):
+        return url
+    secrets = url_credentials(url)
+    if secrets:
+        from airflow.sdk.log import mask_secret
+
+        for secret in secrets:
+            mask_secret(secret)
+    return redact_url_credentials(url)
 
 
 def retry_delay(attempt: int, backoff: float, max_backoff: float, retry_after: str | None = None) -> float:
@@ -320,15 +341,17 @@ class ApicoreHook(BaseHook):
         :raises ApicoreSubmitError: any other refusal, with the server's code and description
         :raises SubmissionFateUnknownError: the request may have reached the server
         """
+        notify_hook = mask_url_credentials(payload.get("notifyHook"))
         if validate:
             from airflow_provider_apicore.schemas import validate_describe_payload
 
             validate_describe_payload(payload)
         self.log.info(
-            "Submitting describe job to %s (payload %.1f KiB%s)",
+            "Submitting describe job to %s (payload %.1f KiB%s%s)",
             self.base_url,
             len(payload.get("base64", "")) / 1024,
             f", state {payload['state']!r}" if payload.get("state") else "",
+            f", notifyHook {notify_hook}" if notify_hook else "",
         )
         body = self._request("POST", SUBMIT_DESCRIBE, payload, idempotent=False)
         result = self._submit_result(body)

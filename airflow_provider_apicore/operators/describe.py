@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, ObjectStoragePath, conf
 
 from airflow_provider_apicore.exceptions import ApicoreConfigError, ApicoreQueueFullError
-from airflow_provider_apicore.hooks.apicore import ApicoreHook, retry_delay
+from airflow_provider_apicore.hooks.apicore import ApicoreHook, mask_url_credentials, retry_delay
 from airflow_provider_apicore.images import DEFAULT_MAX_IMAGE_BYTES, load_image
 from airflow_provider_apicore.models import SubmitResult
 from airflow_provider_apicore.results import describe_result, outcome
@@ -19,6 +19,7 @@ from airflow_provider_apicore.schemas import validate_describe_payload
 from airflow_provider_apicore.triggers.task import MJTaskTrigger
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.sdk import Context
 
 XCOM_TASK_ID = "task_id"
@@ -48,6 +49,10 @@ def build_describe_payload(
         payload["botType"] = bot_type
     validate_describe_payload(payload)
     return payload, data.log_summary()
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
 
 
 def check_wait_arguments(poll_interval: Any, timeout: Any) -> None:
@@ -129,10 +134,26 @@ class MJDescribeOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.queue_full_retries = queue_full_retries
+        if not _is_template(notify_hook):
+            mask_url_credentials(notify_hook)
 
     @property
     def hook(self) -> ApicoreHook:
         return ApicoreHook(apicore_conn_id=self.apicore_conn_id)
+
+    def _do_render_template_fields(
+        self,
+        parent: Any,
+        template_fields: Iterable[str],
+        context: Context,
+        jinja_env: jinja2.Environment,
+        seen_oids: set[int],
+    ) -> None:
+        # The one rendering step mapped and unmapped tasks share (the SDK invites overriding it). Airflow
+        # stores the rendered fields right after, redacted by the secret masker: register the hook URL's
+        # password before that.
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+        mask_url_credentials(getattr(parent, "notify_hook", None))
 
     def execute(self, context: Context) -> Any:
         # Everything that can be wrong with the input fails here, before a connection is even read.
@@ -140,6 +161,11 @@ class MJDescribeOperator(BaseOperator):
             self.image, self.notify_hook, self.state, self.bot_type, self.max_image_bytes
         )
         self.log.info("Describing %s", summary)
+        if self.notify_hook:
+            self.log.info(
+                "APICore will call notifyHook %s on each status change",
+                mask_url_credentials(self.notify_hook),
+            )
         hook = self.hook
         submitted = self._submit(hook, payload)
         context["ti"].xcom_push(key=XCOM_TASK_ID, value=submitted.task_id)
