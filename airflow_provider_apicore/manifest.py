@@ -298,12 +298,19 @@ def write_atomic(path: ObjectStoragePath, data: bytes) -> None:
                 os.unlink(tmp)
         _fsync_dir(directory)
         return
+    _pipe(path, data)
+
+
+def _pipe(path: ObjectStoragePath, data: bytes) -> None:
+    """Write a whole object; create parent directories only on stores that need them."""
     fs = _fs(path)
-    parent = path.parent
-    # Object stores have no directories; local-like stores need them.
-    with contextlib.suppress(OSError, NotImplementedError):
-        fs.makedirs(parent.path, exist_ok=True)
-    fs.pipe_file(path.path, data)
+    try:
+        fs.pipe_file(path.path, data)
+    except FileNotFoundError:
+        # Object stores have no directories (and makedirs there may try to create a bucket), so only
+        # directory-based stores (sftp, hdfs ...) get here.
+        fs.makedirs(path.parent.path, exist_ok=True)
+        fs.pipe_file(path.path, data)
 
 
 def _write_new(path: ObjectStoragePath, data: bytes) -> None:
@@ -315,7 +322,7 @@ def _write_new(path: ObjectStoragePath, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         return
-    _fs(path).pipe_file(path.path, data)
+    _pipe(path, data)
 
 
 def _fsync_dir(directory: str) -> None:

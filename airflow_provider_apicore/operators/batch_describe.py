@@ -140,7 +140,9 @@ class MJBatchDescribeOperator(BaseOperator):
     alternating keeps the worker busy only for the seconds it takes to submit a round, at the price of
     one trigger round trip per round. All state lives in the manifest, so each resume starts from it.
 
-    Progress is logged every interval: done / total, failed, in flight, images per minute and ETA.
+    Progress is logged every interval in which something changed (at least once a minute): done /
+    total, failed, in flight, to submit, images per minute (over the last ten minutes, from the
+    manifest, so it survives retries and deferrals) and ETA.
 
     :param source: a directory (local path, ``file://``, ``s3://``, ``gs://``, ``memory://`` ... or an
         ``ObjectStoragePath``), or a list of image paths (templated)
