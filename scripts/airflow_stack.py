@@ -89,6 +89,8 @@ class Service:
     env: dict[str, str]
     log_path: Path
     cwd: Path = REPO
+    #: Runs in the child before exec; by default it asks for SIGTERM when the parent dies.
+    preexec: Callable[[], None] | None = None
     proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -102,7 +104,7 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: stopping it reaches forked workers too
-                preexec_fn=_terminate_with_parent,
+                preexec_fn=self.preexec or _terminate_with_parent,
             )
 
     @property
@@ -225,9 +227,9 @@ class PostgresCluster:
     """
     A throwaway PostgreSQL cluster in ``root`` on a free loopback port (trust auth, loopback only).
 
-    As root, the cluster belongs to Debian's ``postgres`` user (initdb refuses to run as root).
-    ``pg_ctl`` daemonises the postmaster; it is stopped with ``pg_ctl stop`` and, failing that, by the
-    pid in ``postmaster.pid``.
+    As root, the cluster belongs to Debian's ``postgres`` user (initdb refuses to run as root). The
+    postmaster runs in the foreground as a :class:`Service`: its own process group, stopped by process
+    id, and terminated with its parent like the Airflow services.
     """
 
     def __init__(self, root: Path, database: str = "airflow", user: str = "airflow") -> None:
@@ -239,7 +241,8 @@ class PostgresCluster:
         self.user = user
         self.port = 0
         self.bin = postgres_bin_dir()
-        self.started = False
+        self.service: Service | None = None
+        self.owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
 
     @property
     def url(self) -> str:
@@ -247,12 +250,21 @@ class PostgresCluster:
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = [str(self.bin / args[0]), *args[1:]]
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/")
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd="/", preexec_fn=self._as_owner
+        )
         if proc.returncode != 0:
             raise StackError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+    def _as_owner(self) -> None:
+        """In the child: become the cluster's owner (as root), then die with the parent."""
+        if self.owner is not None:
+            os.setgroups([])
+            os.setgid(self.owner.pw_gid)
+            os.setuid(self.owner.pw_uid)
+        # Set after the user change, which clears it.
+        _terminate_with_parent()
 
     def start(self) -> str:
         reason = postgres_unavailable_reason()
@@ -260,33 +272,54 @@ class PostgresCluster:
             raise StackError(f"PostgreSQL unavailable: {reason}")
         self.root.mkdir(parents=True, exist_ok=True)
         self.sockets.mkdir(exist_ok=True)
-        if os.geteuid() == 0:
-            owner = pwd.getpwnam("postgres")
+        if self.owner is not None:
             # The postgres user must be able to reach its directories inside our (root-owned) temp tree.
             for parent in [self.root, *self.root.parents]:
                 if parent == Path(tempfile.gettempdir()) or parent == Path("/"):
                     break
                 os.chmod(parent, os.stat(parent).st_mode | 0o711)
-            os.chown(self.root, owner.pw_uid, owner.pw_gid)
-            os.chown(self.sockets, owner.pw_uid, owner.pw_gid)
+            for path in (self.root, self.sockets):
+                os.chown(path, self.owner.pw_uid, self.owner.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync")
         self.port = free_port()
-        options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log_path), "-w", "start")
-        self.started = True
+        self.service = Service(
+            "postgres",
+            [
+                str(self.bin / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.sockets),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ],
+            dict(os.environ),
+            self.log_path,
+            cwd=Path("/"),
+            preexec=self._as_owner,
+        )
+        self.service.start()
+        deadline = time.monotonic() + 60
+        while subprocess.run(
+            [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False
+        ).returncode:
+            self.service.check_alive()
+            if time.monotonic() > deadline:
+                raise StackError(f"PostgreSQL did not accept connections within 60 s; log {self.log_path}")
+            time.sleep(0.2)
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database)
         return self.url
 
     def stop(self) -> None:
-        if not self.started:
-            return
-        self.started = False
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", timeout=60)
-        except (StackError, subprocess.TimeoutExpired):
-            pid_file = self.data / "postmaster.pid"
-            with contextlib.suppress(OSError, ValueError, ProcessLookupError):
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        if self.service is not None:
+            # SIGINT is PostgreSQL's "fast" shutdown: no waiting for clients.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.service.pid, signal.SIGINT)
+            self.service.stop()
 
 
 # --------------------------------------------------------------------------------------- the stack
@@ -509,9 +542,11 @@ class AirflowStack:
             "api_url": self.api_url,
             "emulator_url": self.emulator_url,
             "username": self.username,
-            "pids": {name: s.pid for name, s in self.services.items()},
-            "postgres_data": str(self.postgres.data) if self.postgres else None,
+            # In stopping order: Airflow, the emulator, then the database.
+            "pids": {name: self.services[name].pid for name in reversed(self.services)},
         }
+        if self.postgres is not None and self.postgres.service is not None:
+            state["pids"]["postgres"] = self.postgres.service.pid
         (self.root / "stack.json").write_text(json.dumps(state, indent=2))
 
     # ------------------------------------------------------------------ health
@@ -620,10 +655,6 @@ def _cmd_down(args: argparse.Namespace) -> int:
         if pid and group_exists(pid):
             say(f"stopping {name} (process group {pid})")
             stop_group(pid, 20)
-    if state.get("postgres_data"):
-        cluster = PostgresCluster(Path(state["postgres_data"]).parent)
-        cluster.started = True
-        cluster.stop()
     return 0
 
 
