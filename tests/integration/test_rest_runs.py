@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from scripts.airflow_stack import AirflowStack
+from scripts.airflow_stack import HEALTH_COMPONENTS, AirflowStack
 from tests.integration.conftest import FANOUT_IMAGES, copy_images, run_dag
 from tests.integration.rest import (
     RunWatch,
@@ -19,6 +19,7 @@ from tests.integration.rest import (
     assert_not_deferred,
     assert_succeeded,
     emulator_task,
+    wait_for_dag,
     xcom,
 )
 
@@ -44,6 +45,20 @@ def assert_described(stack: AirflowStack, result: dict[str, Any], expected_state
     )
     if expected_state is not None:
         assert task["state"] == expected_state
+
+
+def test_services_are_healthy_load_the_provider_and_parse_every_example_dag(stack: AirflowStack) -> None:
+    import airflow_provider_apicore
+
+    health = stack.health()
+    assert {c: health[c]["status"] for c in HEALTH_COMPONENTS} == dict.fromkeys(HEALTH_COMPONENTS, "healthy")
+    providers = stack.api("GET", "/api/v2/providers?limit=200", expect=200).json()["providers"]
+    ours = [p for p in providers if p["package_name"] == "airflow-provider-apicore"]
+    assert [p["version"] for p in ours] == [airflow_provider_apicore.__version__], providers
+    for dag_id in ("apicore_describe_images", "apicore_describe_wait_styles", "apicore_batch_describe"):
+        wait_for_dag(stack, dag_id)
+    errors = stack.api("GET", "/api/v2/importErrors", expect=200).json()
+    assert errors["total_entries"] == 0, errors
 
 
 def test_fanout_dag_succeeds_with_every_mapped_describe_deferred_to_the_triggerer(
