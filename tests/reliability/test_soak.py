@@ -1,0 +1,189 @@
+"""
+Soak: 1,000 images through MJBatchDescribeOperator under realistic faults, with a real crash.
+
+The account runs 50 jobs at once (0.1 s each) and misbehaves at realistic rates: 5 % 5xx, 2 % 429
+(Retry-After: 1), 1 % connections dropped, 1 % slow answers, 0.5 % HTML error pages, 0.5 % truncated
+JSON, 1 % "queue full", 1 % of jobs FAILURE, a few stuck and one vanishing. The batch runs in a
+subprocess that SIGKILLs itself at a poll after 450 accepted jobs (nothing is in the air then: the
+manifest's journal must carry everything), and a second subprocess, the retry, finishes from the
+manifest. Every image must end described or failed with a reason: 0 lost, and 0 duplicate jobs by
+the emulator's own counter. The hook keeps its real retry schedule (1 s base backoff).
+Counts go to stdout (``pytest -s``) and results/soak.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from airflow_provider_apicore.emulator.faults import FAIL_REASONS
+from airflow_provider_apicore.manifest import (
+    FINAL_STATUSES,
+    NOT_FOUND,
+    SUCCESS,
+    TIMEOUT,
+    UNKNOWN_FATE,
+    read_manifest,
+)
+from tests.reliability.conftest import write_images
+
+pytestmark = pytest.mark.soak
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = 1000
+CRASH_AFTER = 450
+TIMEOUT_SECONDS = 20
+#: Seed 2 gives the first 1,000 jobs 12 failures, 3 stuck and 1 vanishing.
+SEED = 2
+ACCOUNT = {"job_seconds": 0.1, "concurrency": 50, "queue_size": 200, "seed": SEED}
+FAULTS = {
+    "http_5xx": 0.05,
+    "http_429": 0.02,
+    "retry_after": 1,
+    "drop_before": 0.01,
+    "slow": 0.01,
+    "slow_seconds": 0.3,  # slower than usual, within the client's 30 s timeout
+    "html_error": 0.005,
+    "malformed_json": 0.005,
+    "queue_full": 0.01,
+    "task_failure": 0.01,
+    "stuck": 0.004,
+    "vanish": 0.002,
+}
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from types import SimpleNamespace
+    from airflow_provider_apicore.hooks.apicore import ApicoreHook
+    from airflow_provider_apicore.operators.batch_describe import MJBatchDescribeOperator
+
+    crash_after = int(os.environ["SOAK_CRASH_AFTER"])
+    accepted = 0
+    submit, list_tasks = ApicoreHook.submit_describe, ApicoreHook.list_tasks
+
+    def counting_submit(self, payload, validate=True):
+        global accepted
+        result = submit(self, payload, validate)
+        accepted += 1
+        return result
+
+    def crashing_list(self, ids):
+        # A poll starts between two submissions: nothing is in the air. Die without any cleanup.
+        if crash_after and accepted >= crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return list_tasks(self, ids)
+
+    ApicoreHook.submit_describe, ApicoreHook.list_tasks = counting_submit, crashing_list
+    op = MJBatchDescribeOperator(
+        task_id="soak", source=sys.argv[1], manifest_path=sys.argv[2], max_in_flight=50,
+        poll_interval=0.1, timeout=float(sys.argv[3]), flush_interval=5,
+    )
+    summary = op.execute({"ti": SimpleNamespace(dag_id="soak", run_id="manual__1")})
+    print("SUMMARY " + json.dumps(summary))
+    """
+)
+
+
+def _run(emulator, source: Path, manifest: Path, crash_after: int) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    env.update(emulator.conn_env(), SOAK_CRASH_AFTER=str(crash_after), PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(source), str(manifest), str(TIMEOUT_SECONDS)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_thousand_images_with_faults_and_a_crash_end_with_every_image_accounted_for(emulator, tmp_path):
+    started = time.monotonic()
+    source, manifest = tmp_path / "images", tmp_path / "out" / "manifest.jsonl"
+    images = write_images(source, IMAGES)
+    emulator.configure(**ACCOUNT, faults=FAULTS)
+
+    first = _run(emulator, source, manifest, CRASH_AFTER)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    after_crash = {r.image: r for r in read_manifest(manifest)}
+    accepted_before = {image: r.task_id for image, r in after_crash.items() if r.task_id}
+    assert len(accepted_before) >= CRASH_AFTER
+    assert not [r for r in after_crash.values() if r.status == "pending_submit"], "nothing was in the air"
+
+    second = _run(emulator, source, manifest, 0)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    resumed = re.search(
+        r"Starting batch from .*: (\d+) images; (\d+) already finished, (\d+) in flight to follow", log
+    )
+    assert resumed, log[-3000:]
+    total, finished_before, in_flight = map(int, resumed.groups())
+    assert total == IMAGES and finished_before > 0 and in_flight > 0, "the retry resumed from the manifest"
+    seconds = time.monotonic() - started
+
+    records = {r.image: r for r in read_manifest(manifest)}
+    stats = emulator.stats()
+    tasks = {t["id"]: t for t in requests.get(f"{emulator.url}/_emulator/tasks", timeout=30).json()}
+    statuses = Counter(r.status for r in records.values())
+    described = statuses[SUCCESS]
+    failed = [r for r in records.values() if r.status != SUCCESS]
+    lost = {str(p) for p in images} - set(records)
+    counts = {
+        "images": IMAGES,
+        "described": described,
+        "failed_with_reason": sum(1 for r in failed if r.error),
+        "failed_without_reason": sum(1 for r in failed if not r.error),
+        "lost": len(lost),
+        "duplicate_submissions": stats["duplicate_submissions"],
+        "by_status": dict(sorted(statuses.items())),
+        "submissions_accepted": stats["submissions_accepted"],
+        "requests": stats["requests"],
+        "faults_injected": stats["faults_injected"],
+        "resubmitted_after_lost_answer": sum(1 for r in records.values() if r.attempts > 1),
+        "crash": {"accepted_before_kill": len(accepted_before), "in_flight_at_restart": in_flight},
+        "wall_seconds": round(seconds, 1),
+    }
+    print("\nSOAK " + json.dumps(counts, indent=2))
+    results = REPO / "results"
+    results.mkdir(exist_ok=True)
+    (results / "soak.json").write_text(json.dumps(counts, indent=2) + "\n")
+
+    # 0 lost, each image final and explained.
+    assert not lost and len(records) == IMAGES
+    assert all(r.status in FINAL_STATUSES or r.status == UNKNOWN_FATE for r in records.values())
+    assert counts["failed_without_reason"] == 0
+    # 0 duplicates: every job the server started belongs to exactly one image, and no image accepted
+    # before the crash was sent again.
+    task_ids = [r.task_id for r in records.values() if r.task_id]
+    assert stats["duplicate_submissions"] == 0
+    assert stats["submissions_accepted"] == stats["tasks_created"] == len(set(task_ids)) == len(task_ids)
+    assert all(records[image].task_id == task_id for image, task_id in accepted_before.items())
+    # Each failure is the server's: its reason, the stuck job's timeout, the vanished job.
+    injected = stats["faults_injected"]
+    assert statuses["FAILURE"] == injected["task_failure"] >= 1
+    assert statuses[TIMEOUT] == injected["stuck"] >= 1
+    assert statuses[NOT_FOUND] == injected["vanish"]
+    for record in failed:
+        task = tasks.get(record.task_id)
+        if record.status == "FAILURE":
+            assert record.error in FAIL_REASONS and task["failReason"] == record.error
+        elif record.status == TIMEOUT:
+            assert task["status"] == "IN_PROGRESS" and "last seen status IN_PROGRESS" in record.error
+    assert described == IMAGES - len(failed) >= IMAGES * 0.97
+    # The faults really happened, at about the rates asked.
+    for kind in ("http_5xx", "http_429", "drop_before", "slow", "queue_full"):
+        assert injected[kind] >= 1, kind
+    assert counts["resubmitted_after_lost_answer"] >= 1
+    assert seconds < 240, f"the soak took {seconds:.0f}s"
