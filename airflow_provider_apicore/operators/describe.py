@@ -16,6 +16,7 @@ from airflow_provider_apicore.images import DEFAULT_MAX_IMAGE_BYTES, load_image
 from airflow_provider_apicore.models import SubmitResult
 from airflow_provider_apicore.results import describe_result, outcome
 from airflow_provider_apicore.schemas import validate_describe_payload
+from airflow_provider_apicore.tracking import TaskTracker
 from airflow_provider_apicore.triggers.task import MJTaskTrigger
 
 if TYPE_CHECKING:
@@ -171,6 +172,12 @@ class MJDescribeOperator(BaseOperator):
         context["ti"].xcom_push(key=XCOM_TASK_ID, value=submitted.task_id)
         if not self.wait_for_completion:
             return submitted.task_id
+        if submitted.existed:
+            # Code 21: APICore already had this job, which may well be finished: no wait needed.
+            tracker = TaskTracker([submitted.task_id])
+            tracker.update(hook.list_tasks([submitted.task_id]))
+            if tracker.done:
+                return self._result(tracker.event(), submitted.task_id)
         if self.deferrable:
             end_time = None if self.timeout is None else time.time() + self.timeout
             self.defer(

@@ -21,7 +21,8 @@ class MJTaskTrigger(BaseTrigger):
     Each interval it makes **one** ``list-by-condition`` request for all ids still pending, so a
     single trigger can follow a thousand jobs as cheaply as one. Transient HTTP failures are retried
     by :class:`ApicoreHook` with backoff; an error that survives them ends the wait with an ``error``
-    event. It yields exactly one event: the tracker's summary (see :class:`TaskTracker`).
+    event. It yields exactly one event: the tracker's summary (see :class:`TaskTracker`). The first
+    poll comes one interval after the trigger starts, since the caller checked just before deferring.
 
     :param task_ids: Midjourney task ids to follow
     :param apicore_conn_id: the Airflow connection id
@@ -65,6 +66,11 @@ class MJTaskTrigger(BaseTrigger):
         tracker = TaskTracker(self.task_ids, timeout=timeout)
         try:
             while True:
+                # Wait first: whoever deferred has just submitted or checked these tasks. Polling at
+                # once would gain nothing and could fire the event before the deferring worker has
+                # reported its exit, which Airflow 3.3 can turn into a failed task (apache/airflow#72716).
+                left = tracker.seconds_left()
+                await asyncio.sleep(self.poll_interval if left is None else min(self.poll_interval, left))
                 tracker.update(await hook.alist_tasks(tracker.pending))
                 enough = self.min_finished is not None and tracker.finished_count >= self.min_finished
                 if tracker.done or tracker.timed_out or enough:
@@ -79,8 +85,6 @@ class MJTaskTrigger(BaseTrigger):
                         event["status"] = EVENT_PARTIAL
                     yield TriggerEvent(event)
                     return
-                left = tracker.seconds_left()
-                await asyncio.sleep(self.poll_interval if left is None else min(self.poll_interval, left))
         except ApicoreError as err:
             event = tracker.event()
             event.update(status=EVENT_ERROR, message=str(err))

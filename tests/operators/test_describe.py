@@ -182,3 +182,13 @@ def test_fanout_dag_run_pushes_each_emulator_task_id_and_never_logs_the_token(
         assert emulator.token not in text
     assert emulator.token not in json.dumps(list(run.xcoms.values()), default=str)
     assert emulator.token not in airflow_db_dump(airflow_home)
+
+
+def test_an_already_finished_existing_job_code_21_is_returned_without_waiting(png_file, apicore_conn):
+    apicore_conn.configure(dedupe=True, job_seconds=0.05)
+    first = MJDescribeOperator(task_id="d", image=str(png_file), wait_for_completion=True, poll_interval=0.1)
+    result = first.execute({"ti": FakeTI()})
+    # Deferrable, but the job already exists and is finished: no deferral (TaskDeferred) happens.
+    again = MJDescribeOperator(task_id="d", image=str(png_file), wait_for_completion=True, deferrable=True)
+    assert again.execute({"ti": FakeTI()}) == result
+    assert apicore_conn.stats()["submissions_existed"] == 1
