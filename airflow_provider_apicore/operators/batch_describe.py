@@ -6,7 +6,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,12 @@ from airflow_provider_apicore.exceptions import (
     ApicoreUnreachableError,
     SubmissionFateUnknownError,
 )
-from airflow_provider_apicore.hooks.apicore import RETRYABLE_STATUSES, ApicoreHook, retry_delay
+from airflow_provider_apicore.hooks.apicore import (
+    RETRYABLE_STATUSES,
+    ApicoreHook,
+    mask_url_credentials,
+    retry_delay,
+)
 from airflow_provider_apicore.images import DEFAULT_MAX_IMAGE_BYTES, ImageData, list_images, load_image
 from airflow_provider_apicore.manifest import (
     FAILED_STATUSES,
@@ -47,6 +52,7 @@ from airflow_provider_apicore.tracking import EVENT_ERROR, TaskTracker
 from airflow_provider_apicore.triggers.task import MJTaskTrigger
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.sdk import Context
 
 #: Statuses a retry may submit again when ``resubmit_failed`` is set.
@@ -220,6 +226,21 @@ class MJBatchDescribeOperator(BaseOperator):
         self.resubmit_failed = resubmit_failed
         self.max_failures = max_failures
         self._check_arguments()
+        if not _is_template(notify_hook):
+            mask_url_credentials(notify_hook)
+
+    def _do_render_template_fields(
+        self,
+        parent: Any,
+        template_fields: Iterable[str],
+        context: Context,
+        jinja_env: jinja2.Environment,
+        seen_oids: set[int],
+    ) -> None:
+        # Airflow stores the rendered fields right after rendering, redacted by the secret masker:
+        # register the notifyHook URL's password before that (as MJDescribeOperator does).
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+        mask_url_credentials(getattr(parent, "notify_hook", None))
 
     def _check_arguments(self) -> None:
         """Reject unusable arguments with the argument named; templated ones again after rendering."""
@@ -287,6 +308,11 @@ class MJBatchDescribeOperator(BaseOperator):
         manifest.commit()
         manifest.flush(force=True)
         run.log_start(fresh)
+        if fresh and self.notify_hook:
+            self.log.info(
+                "APICore will call notifyHook %s on each status change",
+                mask_url_credentials(self.notify_hook),
+            )
         return run
 
     def _list_source(self) -> list[tuple[str, str | None]]:
@@ -306,7 +332,8 @@ class MJBatchDescribeOperator(BaseOperator):
         return [(str(p), None) for p in paths]
 
     def _drive(self, run: _BatchRun) -> dict[str, Any]:
-        next_poll = time.monotonic() + float(self.poll_interval)
+        # Jobs taken over from an earlier try are asked about at once; new ones after an interval.
+        next_poll = time.monotonic() + (0.0 if run.tracker.pending else float(self.poll_interval))
         while True:
             run.fill_slots()
             run.manifest.commit()
@@ -427,7 +454,8 @@ class _BatchRun:
                     self.by_sha[record.sha256] = record
             elif record.status == PENDING:
                 self.queue.append(record)
-        self.check_timeouts()
+        # Timeouts are checked only once the server has been asked (poll or trigger event): jobs that
+        # finished while the worker was away or the trigger waited are recorded as finished.
 
     def log_start(self, fresh: bool) -> None:
         counts = self.manifest.counts()
@@ -558,6 +586,8 @@ class _BatchRun:
             self.manifest.touch(record, status=REJECTED, error=str(err))
             self._release_waiting(record)
             return None
+        # A connection that cannot be used fails here, before the image is marked as being sent.
+        _ = self.hook.settings
         self.manifest.touch(record, status=PENDING_SUBMIT, state=state, attempts=attempt, sha256=data.sha256)
         self.manifest.commit()
         try:
@@ -575,10 +605,11 @@ class _BatchRun:
                 )
             if err.status in (400, 413, 415, 422):
                 return self._rejected(record, f"APICore answered HTTP {err.status}: {err.excerpt or err}")
-            self._restore(record, previous)
+            self._restore(record, previous, durably=True)
             raise
-        except ApicoreAuthError:
-            self._restore(record, previous)
+        except (ApicoreAuthError, ApicoreConfigError):
+            # Answered (or never sent): nothing was accepted, and the manifest must say so.
+            self._restore(record, previous, durably=True)
             raise
         except ApicoreSubmitError as err:
             return self._rejected(record, f"APICore refused the image: code {err.code}, {err.description}")
@@ -668,9 +699,12 @@ class _BatchRun:
         self.log.warning("%s rejected: %s", record.image, reason)
         self._release_waiting(record)
 
-    def _restore(self, record: ManifestRecord, previous: tuple) -> None:
+    def _restore(self, record: ManifestRecord, previous: tuple, durably: bool = False) -> None:
+        """Undo the ``pending_submit`` mark of a submission that was refused (nothing was accepted)."""
         status, state, attempts = previous
         self.manifest.touch(record, status=status, state=state, attempts=attempts)
+        if durably:
+            self.manifest.commit()
 
     # ------------------------------------------------------------------ following
     def _follow(self, task_id: str, record: ManifestRecord) -> None:
@@ -684,10 +718,12 @@ class _BatchRun:
         pending = self.tracker.pending
         if pending:
             self.absorb(self.hook.list_tasks(pending), ())
-        self.check_timeouts()
 
     def absorb(self, tasks: list[MJTask], not_found: Sequence[str]) -> None:
-        """Record one answer about the tasks in flight (from a poll or a trigger event)."""
+        """
+        Record one answer about the tasks in flight (from a poll or a trigger event), then give up on
+        the jobs still unfinished past their ``timeout``.
+        """
         followed = set(self.tracker.pending)
         self.tracker.update(tasks)
         for task in tasks:
@@ -723,6 +759,7 @@ class _BatchRun:
                         error=f"APICore stopped knowing task {task_id} (expired or removed upstream)",
                     )
         self.manifest.commit()
+        self.check_timeouts()
 
     def check_timeouts(self) -> None:
         if self.timeout is None:

@@ -479,3 +479,43 @@ def _noise(size: int, seed: int) -> bytes:
 
 def _environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+
+
+# --------------------------------------------------------------------------------- the server decides
+def test_jobs_that_finished_while_the_trigger_waited_past_the_deadline_are_recorded_as_finished(
+    tmp_path, apicore_conn
+):
+    apicore_conn.configure(**FAST)
+    images(tmp_path / "src", 3)
+    op = operator(tmp_path, str(tmp_path / "src"), timeout=1, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(CONTEXT)
+    time.sleep(1.2)  # a busy triggerer: the event comes after the deadline, every job long finished
+    event = asyncio.run(_first_event(deferred.value.trigger))
+    assert op.execute_complete(CONTEXT, event)["by_status"] == {"SUCCESS": 3}
+
+
+def test_a_retry_later_than_the_timeout_asks_the_server_before_giving_up_on_a_job(tmp_path, apicore_conn):
+    apicore_conn.configure(**FAST)
+    [path] = images(tmp_path / "src", 1)
+    task_id = ApicoreHook().submit_describe({"base64": load_image(path).to_data_url()}).task_id
+    op = operator(tmp_path, str(tmp_path / "src"), timeout=5)
+    # The try that submitted it died 10 s ago; the job finished upstream meanwhile.
+    stale = ManifestRecord(
+        image=str(path), status=SUBMITTED, sha256=sha(path), task_id=task_id, attempts=1, rev=1
+    )
+    stale.accepted_at = int(time.time() * 1000) - 10_000
+    write_manifest(op.manifest_path, [stale])
+    time.sleep(0.5)
+    assert op.execute(CONTEXT)["by_status"] == {"SUCCESS": 1}
+    assert apicore_conn.stats()["submissions_accepted"] == 1
+
+
+def test_a_refused_token_leaves_the_image_waiting_not_in_the_air(tmp_path, apicore_conn):
+    apicore_conn.configure(**FAST, faults={"token_expired": True})
+    images(tmp_path / "src", 2)
+    op = operator(tmp_path, str(tmp_path / "src"))
+    with pytest.raises(ApicoreError, match="apicore_default"):
+        op.execute(CONTEXT)
+    # Nothing was accepted: a retry must send these as new images, not reconcile a lost submission.
+    assert [(r.status, r.attempts) for r in read_manifest(op.manifest_path)] == [("pending", 0)] * 2
