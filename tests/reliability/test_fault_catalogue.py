@@ -123,7 +123,7 @@ CASES = [
         for call in ("list", "async list", "fetch")
     ),
     # An answer slower than the connection's timeout: like a drop after the request was processed.
-    Case("slow", "submit", SubmissionFateUnknownError, "Read timed out", 1, 1, {"slow_seconds": 1.5}),
+    Case("slow", "submit", SubmissionFateUnknownError, "Read timed out", 1, 1, {"slow_seconds": 1.0}),
     *(
         Case(
             "slow",
@@ -132,7 +132,7 @@ CASES = [
             f"after {PERSISTENT} attempts",
             PERSISTENT,
             0,
-            {"slow_seconds": 1.5},
+            {"slow_seconds": 1.0},
         )
         for call in ("list", "fetch")
     ),
@@ -145,7 +145,7 @@ CASES = [
 
 @pytest.fixture
 def hook(emulator, monkeypatch) -> tuple[ApicoreHook, list[float]]:
-    emulator.use_connection(monkeypatch, timeout=1, max_retries=RETRIES)
+    emulator.use_connection(monkeypatch, timeout=0.6, max_retries=RETRIES)
     return fast_hook()
 
 
@@ -178,7 +178,7 @@ def test_transient_read_faults_are_retried_until_the_answer_comes(emulator, hook
     the_hook._max_retries = 6
     the_hook._settings = None
     do, endpoint = CALLS[call]
-    emulator.configure(faults={fault: 0.4, "endpoints": [endpoint], "retry_after": 0, "slow_seconds": 1.2})
+    emulator.configure(faults={fault: 0.4, "endpoints": [endpoint], "retry_after": 0, "slow_seconds": 1.0})
     calls = 10
     for _ in range(calls):
         try:
