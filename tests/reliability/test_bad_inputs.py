@@ -313,11 +313,6 @@ def test_an_unusable_connection_fails_the_batch_naming_it(emulator, monkeypatch,
     assert requests_sent(emulator) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MJBatchDescribeOperator records the first image as pending_submit before the connection is "
-    "read; a connection error then leaves it 'in the air' and each retry spends one of its submit attempts",
-)
 def test_an_unusable_connection_leaves_no_image_marked_as_sent(emulator, monkeypatch, tmp_path):
     _set_case(emulator, monkeypatch, "no token")
     write_images(tmp_path / "src", 2)

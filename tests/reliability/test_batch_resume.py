@@ -1,9 +1,8 @@
 """
 MJBatchDescribeOperator picking up after a pause longer than its ``timeout``: a deferral whose trigger
 waited until the deadline, or a retry after a crash. Jobs that finished upstream meanwhile must be
-recorded as finished, and a templated ``notifyHook`` with credentials must be masked in the rendered
-fields like MJDescribeOperator's. These are known gaps of the batch operator, kept as strict xfails
-until it is fixed (a fix turns them into failures that ask for the marker to go).
+recorded as finished (the timeout applies only once the server has been asked), and a templated
+``notifyHook`` with credentials must be masked in the rendered fields like MJDescribeOperator's.
 """
 
 from __future__ import annotations
@@ -40,9 +39,6 @@ async def _event(trigger) -> dict:
     raise AssertionError("no event")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="execute_complete applies the timeout before reading the trigger event"
-)
 def test_jobs_that_finished_while_the_trigger_waited_are_recorded_as_finished(apicore_conn, tmp_path):
     apicore_conn.configure(job_seconds=0.2, concurrency=10)
     write_images(tmp_path / "src", 3)
@@ -63,7 +59,6 @@ def test_jobs_that_finished_while_the_trigger_waited_are_recorded_as_finished(ap
     assert summary["by_status"] == {SUCCESS: 3}
 
 
-@pytest.mark.xfail(strict=True, reason="prepare() applies the timeout before asking the server once")
 def test_a_retry_later_than_the_timeout_asks_the_server_before_giving_up_on_a_job(apicore_conn, tmp_path):
     apicore_conn.configure(job_seconds=0.1, concurrency=10)
     [path] = write_images(tmp_path / "src", 1)
@@ -93,9 +88,6 @@ def test_a_retry_later_than_the_timeout_asks_the_server_before_giving_up_on_a_jo
     assert after.status == SUCCESS, after.error
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the batch operator does not register notifyHook credentials before rendering"
-)
 def test_a_templated_hook_url_is_masked_in_the_batch_operators_rendered_fields(tmp_path):
     from airflow.sdk.execution_time.task_runner import _serialize_rendered_fields
 

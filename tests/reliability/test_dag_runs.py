@@ -292,17 +292,14 @@ def test_batch_reconciles_lost_answers_and_every_extra_job_is_one_it_could_not_s
         if task["id"] in referenced or task["state"] is None:
             continue
         *_, sha16, attempt = task["state"].split("/")
-        assert int(attempt) < by_sha[sha16].attempts, task["state"]
+        record = by_sha[sha16]
+        # A recorded attempt whose answer was lost: an earlier one, or the last one of an image whose
+        # attempts ran out (left unknown_fate, with the reason).
+        assert int(attempt) < record.attempts or (int(attempt) == record.attempts and not record.task_id)
     # Queue full: nothing accepted, the image went back in line.
     assert stats["submissions_rejected"].get("23", 0) == injected(run, "queue_full") >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MJBatchDescribeOperator.execute_complete applies the timeout (prepare -> check_timeouts) "
-    "before it reads the trigger event, so jobs that finished while the trigger waited are recorded "
-    "as 'timeout' with 'last seen status unknown'",
-)
 def test_batch_records_what_the_server_says_about_each_job(runs):
     run = runs.batch
     for record in run.records:
@@ -330,11 +327,6 @@ def test_batch_a_revoked_token_fails_the_next_batch_naming_the_connection(runs):
     assert record.task_id is None, "nothing was accepted"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MJBatchDescribeOperator restores the record after an auth error in memory only: the manifest "
-    "keeps 'pending_submit', so a retry treats the image as lost in the air and spends an attempt",
-)
 def test_batch_after_an_auth_error_the_image_is_waiting_not_in_the_air(runs):
     [record] = runs.batch.late_records
     assert (record.status, record.attempts) == (PENDING, 0)
