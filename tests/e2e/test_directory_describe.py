@@ -246,7 +246,8 @@ def test_a_killed_try_is_finished_by_the_next_without_resubmitting_accepted_imag
     tree, emulator, airflow_home, tmp_path
 ):
     """SIGKILL the whole `airflow dags test` process group after ~100 accepted jobs, then run again."""
-    emulator.configure(**FAST_ACCOUNT)
+    # Like a gateway that answers code 21 for an image it already has a job for.
+    emulator.configure(**FAST_ACCOUNT, dedupe=True)
     dag_id = "apicore_batch_kill_e2e"
     env = crash_env(tmp_path, airflow_home, emulator, dag_id, deferrable=False)
     manifest = tmp_path / "manifest.jsonl"
@@ -296,18 +297,20 @@ def test_a_killed_try_is_finished_by_the_next_without_resubmitting_accepted_imag
     # Every image that had an accepted task id was only followed, never submitted again.
     assert all(records[image].task_id == task_id for image, task_id in accepted_before.items())
     stats = emulator.stats()
-    # Only a submission whose answer died with the process can be sent twice, and only to a server
-    # that does not deduplicate identical images (code 21); the emulator's own counter says how often.
-    assert stats["duplicate_submissions"] <= lost_but_accepted <= 1
-    assert stats["submissions_accepted"] == len(tree.unique) + stats["duplicate_submissions"]
+    # Only a submission whose answer died with the process is sent again, and the server answers it
+    # with the job it already has (code 21): no image ever started two jobs.
+    assert stats["duplicate_submissions"] == 0
+    assert stats["submissions_existed"] == lost_but_accepted <= 1
+    assert stats["submissions_accepted"] == len(tree.unique)
     assert stats["max_active"] <= MAX_IN_FLIGHT
     assert not [r for r in records.values() if r.status in (SUBMITTED, PENDING_SUBMIT)]
     _, state, _, _ = read_last_run(airflow_home / "airflow.db", dag_id)
     assert state == "success"
 
 
+@pytest.mark.parametrize("server_dedupes", [True, False], ids=["server-answers-21", "server-never-dedupes"])
 def test_a_try_killed_while_its_submission_awaits_the_answer_is_reconciled_on_resume(
-    tree, emulator, airflow_home, tmp_path
+    tree, emulator, airflow_home, tmp_path, server_dedupes
 ):
     """
     The worst moment to die: APICore has accepted a submission but its answer has not arrived.
@@ -317,7 +320,7 @@ def test_a_try_killed_while_its_submission_awaits_the_answer_is_reconciled_on_re
     sending the same image again: a server that deduplicates answers with the existing task (code 21,
     no duplicate); one that does not starts a second job, exactly one, which its counter shows.
     """
-    emulator.configure(**FAST_ACCOUNT)
+    emulator.configure(**FAST_ACCOUNT, dedupe=server_dedupes)
     dag_id = "apicore_batch_lost_answer_e2e"
     env = crash_env(tmp_path, airflow_home, emulator, dag_id, deferrable=False)
     manifest = tmp_path / "manifest.jsonl"
@@ -366,8 +369,10 @@ def test_a_try_killed_while_its_submission_awaits_the_answer_is_reconciled_on_re
     reconciled = records[in_the_air.image]
     assert reconciled.attempts == 2, "sent once more, with the next attempt's tag"
     server_deduplicated = reconciled.task_id == lost["id"]
+    assert server_deduplicated == server_dedupes
     stats = emulator.stats()
-    assert stats["duplicate_submissions"] == (0 if server_deduplicated else 1)
+    assert stats["duplicate_submissions"] == (0 if server_dedupes else 1)
+    assert stats["submissions_existed"] == (1 if server_dedupes else 0)
     assert stats["submissions_accepted"] == len(tree.unique) + stats["duplicate_submissions"]
     # The image in doubt kept its slot until reconciled: the bound held throughout.
     assert stats["max_active"] <= MAX_IN_FLIGHT
