@@ -40,7 +40,13 @@ pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).resolve().parent / "dags"
 SECRET_TOKEN = "rel-token-" + secrets.token_hex(12)
 HOOK_PASSWORD = "hookpw-" + secrets.token_hex(8)
-ACCOUNT = {"job_seconds": 0.3, "concurrency": 10, "queue_size": 100, "tokens": [SECRET_TOKEN]}
+ACCOUNT = {
+    "job_seconds": 0.3,
+    "concurrency": 10,
+    "queue_size": 100,
+    "tokens": [SECRET_TOKEN],
+    "dedupe": False,
+}
 TIMING = {"retry_after": 1, "slow_seconds": 1.5}  # the connection's timeout is 1 s: slow answers time out
 
 #: Request faults only on the trigger's polling: every submit goes through, so each image's fate is

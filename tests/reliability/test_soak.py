@@ -46,7 +46,7 @@ CRASH_AFTER = 450
 TIMEOUT_SECONDS = 20
 #: Seed 2 gives the first 1,000 jobs 12 failures, 3 stuck and 1 vanishing.
 SEED = 2
-ACCOUNT = {"job_seconds": 0.1, "concurrency": 50, "queue_size": 200, "seed": SEED}
+ACCOUNT = {"job_seconds": 0.1, "concurrency": 50, "queue_size": 200, "seed": SEED, "dedupe": False}
 FAULTS = {
     "http_5xx": 0.05,
     "http_429": 0.02,
@@ -109,11 +109,23 @@ def _run(emulator, source: Path, manifest: Path, crash_after: int) -> subprocess
     )
 
 
-def test_a_thousand_images_with_faults_and_a_crash_end_with_every_image_accounted_for(emulator, tmp_path):
+@pytest.fixture
+def soak_emulator(emulator):
+    """The session's emulator with the soak's account; its configuration is restored afterwards."""
+    original = requests.get(f"{emulator.url}/_emulator/config", timeout=10).json()
+    emulator.configure(**ACCOUNT, faults=FAULTS)
+    yield emulator
+    emulator.reset()
+    requests.put(f"{emulator.url}/_emulator/config", json=original, timeout=10).raise_for_status()
+
+
+def test_a_thousand_images_with_faults_and_a_crash_end_with_every_image_accounted_for(
+    soak_emulator, tmp_path
+):
+    emulator = soak_emulator
     started = time.monotonic()
     source, manifest = tmp_path / "images", tmp_path / "out" / "manifest.jsonl"
     images = write_images(source, IMAGES)
-    emulator.configure(**ACCOUNT, faults=FAULTS)
 
     first = _run(emulator, source, manifest, CRASH_AFTER)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
