@@ -53,12 +53,13 @@ class Emulator:
             monkeypatch.setenv(key, value)
 
 
-DEFAULTS: dict[str, Any] = {"job_seconds": 0.3, "concurrency": 4, "queue_size": 100}
+DEFAULTS: dict[str, Any] = {"job_seconds": 0.3, "concurrency": 4, "queue_size": 100, "dedupe": False}
+SEED = 1234
 
 
 @pytest.fixture(scope="session")
 def emulator_server() -> Iterator[EmulatorServer]:
-    server = EmulatorServer(EmulatorConfig(tokens=[TEST_TOKEN], seed=1234, **DEFAULTS))
+    server = EmulatorServer(EmulatorConfig(tokens=[TEST_TOKEN], seed=SEED, **DEFAULTS))
     server.start()
     try:
         yield server
@@ -68,10 +69,11 @@ def emulator_server() -> Iterator[EmulatorServer]:
 
 @pytest.fixture
 def emulator(emulator_server: EmulatorServer) -> Emulator:
-    """The session's emulator, reset to defaults: no tasks, zero counters, no faults."""
+    """The session's emulator, reset to defaults: no tasks, zero counters, no faults, no dedupe."""
     emu = Emulator(emulator_server, TEST_TOKEN)
+    # Configure first: reset re-seeds the fault streams from the configured seed.
+    emu.configure(**DEFAULTS, tokens=[TEST_TOKEN], faults={}, seed=SEED)
     emu.reset()
-    emu.configure(**DEFAULTS, tokens=[TEST_TOKEN], faults={})
     return emu
 
 
