@@ -77,7 +77,7 @@ def main() -> int:
             {"conn_type": "apicore", "host": url, "password": token}
         )
         conf = {"image_dir": str(REPO / "dags" / "sample_images"), "output_dir": str(output_dir)}
-        print("3/4 Running DAG apicore_describe_images with `airflow dags test` (conf:", json.dumps(conf) + ")")
+        print(f"3/4 Running DAG apicore_describe_images with `airflow dags test` (conf: {json.dumps(conf)})")
         started = time.monotonic()
         log_path = DEMO / "dags-test.log"
         with log_path.open("w") as log:

@@ -58,7 +58,7 @@ class ScriptedServer:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if isinstance(reply.body, (dict, list)) or reply.body is None and reply.status != 200:
+                if isinstance(reply.body, (dict, list)) or (reply.body is None and reply.status != 200):
                     payload = json.dumps(reply.body).encode()
                 elif isinstance(reply.body, str):
                     payload = reply.body.encode()

@@ -5,8 +5,8 @@ Two runs, each replayable from the emulator's seed: the fan-out (one mapped defe
 MJDescribeOperator per image, request faults aimed at the trigger's polling) and the batched
 operator (every fault class, submits included). Each run then revokes the API token and tries once
 more. The tests check, per fault class, the outcome the README's Reliability section documents,
-and that every image is accounted for. The same runs use a distinctive token and a ``notifyHook`` with credentials,
-and the last tests search everything the runs left for either secret.
+and that every image is accounted for. The same runs use a distinctive token and a
+``notifyHook`` with credentials, and the last tests search everything the runs left for either secret.
 """
 
 from __future__ import annotations

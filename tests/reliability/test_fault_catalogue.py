@@ -2,7 +2,8 @@
 Every fault class the emulator injects, through ApicoreHook (sync, async and its waiting path).
 
 Each case asserts the outcome the README's Reliability section documents: retried (how often),
-or failed with a specific error; and the emulator's ``faults_injected`` counter proves the fault really happened.
+or failed with a specific error; and the emulator's ``faults_injected`` counter proves the fault
+really happened.
 Request-level faults are aimed at one endpoint class with the emulator's ``endpoints`` filter; the
 connection allows 2 retries and a 1 s timeout, and the hook's backoff is scaled down to milliseconds
 (the schedule itself is checked with the default settings at the end).
