@@ -579,17 +579,14 @@ class ApicoreHook(BaseHook):
                 )
             if outcome.done:
                 return outcome.value
-            self.log.warning(
-                "%s %s: %s; retry %d/%d in %.1fs",
-                method,
-                path,
-                outcome.why,
-                attempt + 1,
-                retries,
-                outcome.delay,
-            )
+            self._log_retry(method, path, outcome, attempt, retries)
             self._sleep(outcome.delay)
             attempt += 1
+
+    def _log_retry(self, method: str, path: str, outcome: _Attempt, attempt: int, retries: int) -> None:
+        self.log.warning(
+            "%s %s: %s; retry %d/%d in %.1fs", method, path, outcome.why, attempt + 1, retries, outcome.delay
+        )
 
     def _transport_failure(
         self,
@@ -653,15 +650,7 @@ class ApicoreHook(BaseHook):
                 )
             if outcome.done:
                 return outcome.value
-            self.log.warning(
-                "%s %s: %s; retry %d/%d in %.1fs",
-                method,
-                path,
-                outcome.why,
-                attempt + 1,
-                retries,
-                outcome.delay,
-            )
+            self._log_retry(method, path, outcome, attempt, retries)
             await asyncio.sleep(outcome.delay)
             attempt += 1
 

@@ -6,7 +6,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -47,12 +47,12 @@ from airflow_provider_apicore.manifest import (
     now_ms,
 )
 from airflow_provider_apicore.models import MJTask
+from airflow_provider_apicore.operators.masking import NotifyHookMaskingMixin
 from airflow_provider_apicore.schemas import validate_describe_payload
 from airflow_provider_apicore.tracking import EVENT_ERROR, TaskTracker
 from airflow_provider_apicore.triggers.task import MJTaskTrigger
 
 if TYPE_CHECKING:
-    import jinja2
     from airflow.sdk import Context
 
 #: Statuses a retry may submit again when ``resubmit_failed`` is set.
@@ -97,7 +97,7 @@ def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0,
     return number
 
 
-class MJBatchDescribeOperator(BaseOperator):
+class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
     """
     Describe every image of a directory (or a list of images) with Midjourney, in one task.
 
@@ -228,19 +228,6 @@ class MJBatchDescribeOperator(BaseOperator):
         self._check_arguments()
         if not _is_template(notify_hook):
             mask_url_credentials(notify_hook)
-
-    def _do_render_template_fields(
-        self,
-        parent: Any,
-        template_fields: Iterable[str],
-        context: Context,
-        jinja_env: jinja2.Environment,
-        seen_oids: set[int],
-    ) -> None:
-        # Airflow stores the rendered fields right after rendering, redacted by the secret masker:
-        # register the notifyHook URL's password before that (as MJDescribeOperator does).
-        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
-        mask_url_credentials(getattr(parent, "notify_hook", None))
 
     def _check_arguments(self) -> None:
         """Reject unusable arguments with the argument named; templated ones again after rendering."""

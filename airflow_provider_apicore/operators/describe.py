@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +14,13 @@ from airflow_provider_apicore.exceptions import ApicoreConfigError, ApicoreQueue
 from airflow_provider_apicore.hooks.apicore import ApicoreHook, mask_url_credentials, retry_delay
 from airflow_provider_apicore.images import DEFAULT_MAX_IMAGE_BYTES, load_image
 from airflow_provider_apicore.models import SubmitResult
+from airflow_provider_apicore.operators.masking import NotifyHookMaskingMixin
 from airflow_provider_apicore.results import describe_result, outcome
 from airflow_provider_apicore.schemas import validate_describe_payload
 from airflow_provider_apicore.tracking import TaskTracker
 from airflow_provider_apicore.triggers.task import MJTaskTrigger
 
 if TYPE_CHECKING:
-    import jinja2
     from airflow.sdk import Context
 
 XCOM_TASK_ID = "task_id"
@@ -66,7 +66,7 @@ def check_wait_arguments(poll_interval: Any, timeout: Any) -> None:
         raise ApicoreConfigError(f"timeout must be a number of seconds above 0 (or None), got {timeout!r}")
 
 
-class MJDescribeOperator(BaseOperator):
+class MJDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
     """
     Describe an image with Midjourney (``/mj/submit/describe``): image in, four text prompts out.
 
@@ -141,20 +141,6 @@ class MJDescribeOperator(BaseOperator):
     @property
     def hook(self) -> ApicoreHook:
         return ApicoreHook(apicore_conn_id=self.apicore_conn_id)
-
-    def _do_render_template_fields(
-        self,
-        parent: Any,
-        template_fields: Iterable[str],
-        context: Context,
-        jinja_env: jinja2.Environment,
-        seen_oids: set[int],
-    ) -> None:
-        # The one rendering step mapped and unmapped tasks share (the SDK invites overriding it). Airflow
-        # stores the rendered fields right after, redacted by the secret masker: register the hook URL's
-        # password before that.
-        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
-        mask_url_credentials(getattr(parent, "notify_hook", None))
 
     def execute(self, context: Context) -> Any:
         # Everything that can be wrong with the input fails here, before a connection is even read.
