@@ -13,7 +13,6 @@ import base64
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from urllib.parse import unquote
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_apicore.exceptions import ApicoreConfigError, InvalidImageError
+from airflow_provider_apicore.schemas import first_non_base64
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -58,7 +58,6 @@ _IMAGE_SUFFIXES = {
 _MIME_NAMES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
-_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _DIRECTORY_RULE = "this is a directory, not an image file (use list_images for folders)"
 # Local pipes, sockets and devices: fsspec reports type "other". Opening a pipe would wait for a writer.
 _NOT_REGULAR_RULE = "not a regular file (a named pipe, socket or device); cannot be read as an image"
@@ -290,15 +289,10 @@ def parse_data_url(s: str, max_bytes: int | None = None) -> tuple[str, bytes]:
     try:
         data = base64.b64decode(payload, validate=True)
     except ValueError as err:
-        bad = _NOT_BASE64.search(payload)
+        bad = first_non_base64(payload)
         if bad:
-            ch = bad.group()
-            hint = ""
-            if ch in "-_":
-                hint = " (URL-safe base64 is not accepted; use + and /)"
-            elif ch.isspace():
-                hint = " (line breaks and spaces are not allowed)"
-            rule = f"data is not valid base64: {ch!r} at offset {bad.start()}{hint}"
+            ch, offset, hint = bad
+            rule = f"data is not valid base64: {ch!r} at offset {offset}{hint}"
         else:
             rule = f"data is not valid base64 ({err}); check the padding"
         raise InvalidImageError(src, rule) from None

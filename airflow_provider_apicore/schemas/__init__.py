@@ -30,6 +30,20 @@ _ROOT = "<root>"
 _DATA_URL_EXAMPLE = "a data URL like data:image/png;base64,..."
 _DATA_URL_HEADER = re.compile(r"data:([^;,]*)((?:;[^;,]*)*)")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
+
+
+def first_non_base64(data: str) -> tuple[str, int, str] | None:
+    """The first character of ``data`` outside the standard base64 alphabet: (char, offset, hint)."""
+    bad = _NOT_BASE64.search(data)
+    if not bad:
+        return None
+    ch = bad.group()
+    hint = ""
+    if ch in "-_":
+        hint = " (URL-safe base64 is not accepted; use + and /)"
+    elif ch.isspace():
+        hint = " (line breaks and spaces are not allowed)"
+    return ch, bad.start(), hint
 _JSON_TYPES = {
     str: "string",
     int: "integer",
@@ -133,15 +147,10 @@ def data_url_problem(value: str, allowed_mimes: list[str] | tuple[str, ...]) -> 
         return f"the header must be exactly 'data:{mime};base64'; got {_excerpt(header)}"
     if not data.strip("="):
         return "holds no image data after 'base64,'"
-    bad = _NOT_BASE64.search(data)
+    bad = first_non_base64(data)
     if bad:
-        ch = bad.group()
-        hint = ""
-        if ch in "-_":
-            hint = " (URL-safe base64 is not accepted; use + and /)"
-        elif ch.isspace():
-            hint = " (line breaks and spaces are not allowed)"
-        return f"contains {ch!r} at offset {bad.start()} of the data, which is not base64{hint}"
+        ch, offset, hint = bad
+        return f"contains {ch!r} at offset {offset} of the data, which is not base64{hint}"
     body = data.rstrip("=")
     if "=" in body:
         return "has '=' padding before the end of the data"
