@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         "/tmp/apicore-bench-quick for --quick, so a check never overwrites the committed results)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, manifests)")
+    parser.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="measure nothing: rewrite RESULTS.md and the plots from a results.json of an earlier run",
+    )
     args = parser.parse_args(argv)
     only = [f.strip() for f in args.only.split(",") if f.strip()]
     unknown = sorted(set(only) - set(FIGURES))
@@ -69,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown figure(s) {unknown}; choose from {', '.join(FIGURES)}")
     out = Path(args.output_dir or (QUICK_OUTPUT if args.quick else BENCH))
     out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        source = Path(args.render)
+        results = json.loads(source.read_text())
+        finished = time.gmtime(source.stat().st_mtime)
+        results.setdefault("finished_utc", time.strftime("%Y-%m-%d %H:%M UTC", finished))
+        say(f"wrote {report.write(results, out)} from {source}")
+        return 0
     scratch = scratch_dir("apicore-bench-")
     command = (
         "python benchmarks/run.py" + (" " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
@@ -127,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         results["seconds"] = time.monotonic() - started
+        results["finished_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         report.write(results, out)
         say(f"wrote {out / 'RESULTS.md'} after {results['seconds'] / 60:.1f} min")
