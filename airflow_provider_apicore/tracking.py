@@ -66,6 +66,16 @@ class TaskTracker:
             self._pending.pop(str(task_id), None)
             self._misses.pop(str(task_id), None)
 
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """
+        Drop what was kept about finished ids (their last task object), once the caller has recorded
+        them elsewhere: a long batch then holds only the tasks still in flight.
+        """
+        for task_id in task_ids:
+            task_id = str(task_id)
+            if task_id not in self._pending:
+                self.latest.pop(task_id, None)
+
     @property
     def finished_count(self) -> int:
         """Ids no longer pending: terminal, not found or discarded."""

@@ -181,3 +181,20 @@ def test_discard_stops_following_an_id_and_counts_it_finished():
     tracker.update([task("c", "IN_PROGRESS")])
     assert tracker.not_found == set()
     assert tracker.event()["tasks"]["b"]["status"] == "IN_PROGRESS"
+
+
+def test_forget_drops_finished_tasks_but_never_pending_ones():
+    from airflow_provider_apicore.models import MJTask
+    from airflow_provider_apicore.tracking import TaskTracker
+
+    tracker = TaskTracker(["1", "2"])
+    tracker.update(
+        [
+            MJTask.from_json({"id": "1", "status": "SUCCESS"}),
+            MJTask.from_json({"id": "2", "status": "IN_PROGRESS"}),
+        ]
+    )
+    tracker.forget(["1", "2"])
+    assert "1" not in tracker.latest, "a finished task is dropped once recorded elsewhere"
+    assert tracker.latest["2"].status.value == "IN_PROGRESS", "a pending task is kept"
+    assert tracker.pending == ["2"] and tracker.finished_count == 1

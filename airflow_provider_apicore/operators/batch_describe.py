@@ -733,6 +733,8 @@ class _BatchRun:
                 apply_task(record, task)
                 if (record.status, record.start_time) != before:
                     self.manifest.touch(record)
+        # Finished tasks now live in the manifest: keep only those in flight, so memory stays flat.
+        self.tracker.forget(task.id for task in tasks if task.is_terminal)
         gone = (set(self.tracker.not_found) | {str(i) for i in not_found}) & followed
         gone -= self.not_found_seen
         if gone:
