@@ -2,10 +2,12 @@
 Whole directories described for real: ``airflow dags test`` against the emulator over loopback HTTP.
 
 One generated tree of 200 images (6 byte-identical copies, odd names, non-images beside them) is
-described by the daily batch DAG; a 24-image part of it by the fan-out DAG too (one mapped deferrable
+described by the daily batch DAG; an 8-image part of it by the fan-out DAG too (one mapped deferrable
 task per image runs sequentially under ``airflow dags test``, about 2.5 s an image, so the fan-out gets
-the smaller directory); both manifests must agree. Then the batched task is made to fail, and is
-killed outright, about half way through: the retry finishes and the emulator counts no duplicate.
+the smaller directory here; the whole 200 go through the fan-out on the real scheduler in
+tests/integration/test_whole_directory.py); both manifests must agree. Then the batched task is made
+to fail, and is killed outright, about half way through: the retry finishes and the emulator counts no
+duplicate.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ pytestmark = pytest.mark.e2e
 FAST_ACCOUNT = {"job_seconds": 0.3, "concurrency": 50, "queue_size": 500, "faults": {}}
 MAX_IN_FLIGHT = 12
 SUBSET = "subset"
-SUBSET_COUNT = 24
+SUBSET_COUNT = 8
 
 
 @pytest.fixture(scope="module")
