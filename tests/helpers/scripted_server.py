@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,13 +29,17 @@ class Seen:
     at: float
 
 
-class ScriptedServer:
-    """Answers each request with the next :class:`Reply` (the last one repeats)."""
+class LoopbackServer:
+    """
+    A loopback HTTP server that answers each request with ``route(seen) -> Reply``.
 
-    def __init__(self, replies: list[Reply] | None = None) -> None:
-        self.replies = list(replies or [Reply(body={"code": 1, "result": "1"})])
-        self.requests: list[Seen] = []
-        self._lock = threading.Lock()
+    Every request is recorded as a :class:`Seen` in :attr:`seen`.
+    """
+
+    def __init__(self, route: Callable[[Seen], Reply]) -> None:
+        self.route = route
+        self.seen: list[Seen] = []
+        self._lock = threading.RLock()  # a route may read what was seen
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,12 +51,10 @@ class ScriptedServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                seen = Seen(self.command, self.path, dict(self.headers), body, time.monotonic())
                 with server._lock:
-                    server.requests.append(
-                        Seen(self.command, self.path, dict(self.headers), body, time.monotonic())
-                    )
-                    index = min(len(server.requests), len(server.replies)) - 1
-                    reply = server.replies[index]
+                    server.seen.append(seen)
+                    reply = server.route(seen)
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.drop:
@@ -62,10 +65,8 @@ class ScriptedServer:
                     payload = json.dumps(reply.body).encode()
                 elif isinstance(reply.body, str):
                     payload = reply.body.encode()
-                elif reply.body is None:
-                    payload = b""
                 else:
-                    payload = reply.body
+                    payload = reply.body or b""
                 self.send_response(reply.status)
                 for key, value in reply.headers.items():
                     self.send_header(key, value)
@@ -79,12 +80,25 @@ class ScriptedServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, once per test.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
-    def __enter__(self) -> ScriptedServer:
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class ScriptedServer(LoopbackServer):
+    """Answers each request with the next :class:`Reply` of a script (the last one repeats)."""
+
+    def __init__(self, replies: list[Reply] | None = None) -> None:
+        self.replies = list(replies or [Reply(body={"code": 1, "result": "1"})])
+        super().__init__(lambda _seen: self.replies[min(len(self.seen), len(self.replies)) - 1])
+
+    @property
+    def requests(self) -> list[Seen]:
+        return self.seen

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import pytest
 from airflow_provider_apicore.hooks.apicore import ApicoreHook
 from tests.helpers.airflow_run import connection_env
 from tests.helpers.imagegen import make_png
-from tests.helpers.scripted_server import Reply
+from tests.helpers.scripted_server import LoopbackServer, Reply
 
 #: Submit answer of a healthy server.
 ACCEPTED = {"code": 1, "description": "Submit success", "result": "1725017482366993", "properties": {}}
@@ -57,73 +55,30 @@ def fast_hook(conn_id: str = "apicore_default") -> tuple[ApicoreHook, list[float
     return hook, slept
 
 
-class RoutedServer:
+class RoutedServer(LoopbackServer):
     """
-    A loopback HTTP server that answers each request with ``route(method, path, body) -> Reply``.
-
-    Unlike the scripted server it can answer submits and task queries differently, which is what
-    operators that do both need. Every request is recorded as ``(method, path, body)``.
+    Answers each request with ``route(method, path, body) -> Reply`` (body decoded from JSON when it
+    is JSON), so submits and task queries can be answered differently, as operators that do both need.
     """
 
     def __init__(self, route: Callable[[str, str, Any], Reply]) -> None:
-        self.route = route
-        self.requests: list[tuple[str, str, Any]] = []
-        self._lock = threading.Lock()
-        server = self
+        super().__init__(lambda seen: route(seen.method, seen.path, _decoded(seen.body)))
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = raw
-                with server._lock:
-                    server.requests.append((self.command, self.path, body))
-                reply = server.route(self.command, self.path, body)
-                if reply.drop:
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                if isinstance(reply.body, (dict, list)):
-                    payload = json.dumps(reply.body).encode()
-                elif isinstance(reply.body, str):
-                    payload = reply.body.encode()
-                else:
-                    payload = reply.body or b""
-                self.send_response(reply.status)
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = _handle
-            do_POST = _handle
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        # A short poll interval: shutdown() waits for it, once per test.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
+    @property
+    def requests(self) -> list[tuple[str, str, Any]]:
+        """Every request as ``(method, path, body)``."""
+        with self._lock:
+            return [(seen.method, seen.path, _decoded(seen.body)) for seen in self.seen]
 
     def count(self, path_part: str) -> int:
-        with self._lock:
-            return sum(1 for _, path, _ in self.requests if path_part in path)
+        return sum(1 for _, path, _ in self.requests if path_part in path)
 
-    def __enter__(self) -> RoutedServer:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+def _decoded(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw
 
 
 @pytest.fixture
