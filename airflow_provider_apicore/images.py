@@ -225,6 +225,18 @@ class ImageData:
     sha256: str
     data: bytes = field(repr=False)
 
+    @classmethod
+    def of(cls, name: str, path: str, mime: str, data: bytes) -> ImageData:
+        """An image's bytes with its size and SHA-256 worked out."""
+        return cls(
+            name=name,
+            path=path,
+            mime=mime,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            data=data,
+        )
+
     def to_data_url(self) -> str:
         """Return the image as ``data:<mime>;base64,<data>``, the form APICore's ``base64`` field takes."""
         return to_data_url(self.data, self.mime)
@@ -406,14 +418,7 @@ def load_image(source: ImageSource, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) ->
             data = header + fh.read(max_bytes + 1 - len(header))
     if len(data) > max_bytes:
         raise InvalidImageError(where, _too_large_rule(len(data), max_bytes))
-    return ImageData(
-        name=name,
-        path=where,
-        mime=mime,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        data=data,
-    )
+    return ImageData.of(name, where, mime, data)
 
 
 def _load_data_url(s: str, max_bytes: int) -> ImageData:
@@ -429,14 +434,7 @@ def _load_data_url(s: str, max_bytes: int) -> ImageData:
         raise InvalidImageError(
             DATA_URL_SOURCE, f"declares {mime} but the data is a {_MIME_NAMES[real]} image ({real})"
         )
-    return ImageData(
-        name=DATA_URL_SOURCE,
-        path=DATA_URL_SOURCE,
-        mime=mime,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        data=data,
-    )
+    return ImageData.of(DATA_URL_SOURCE, DATA_URL_SOURCE, mime, data)
 
 
 # Reasons a file is skipped by list_images, in log order: key -> (singular, plural).
