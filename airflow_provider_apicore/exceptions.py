@@ -160,10 +160,13 @@ class SubmissionFateUnknownError(ApicoreError):
     submissions through ``state`` can look the task up to reconcile it.
     """
 
-    def __init__(self, endpoint: str, cause: str, state: str | None = None) -> None:
+    def __init__(
+        self, endpoint: str, cause: str, state: str | None = None, status: int | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.cause = cause
         self.state = state
+        self.status = status
         super().__init__(
             f"The submission to {endpoint} may or may not have been accepted ({cause}); it was not "
             "retried to avoid a duplicate job. Look the task up before submitting again."
@@ -233,4 +236,79 @@ class TaskTimeoutError(ApicoreError):
         super().__init__(
             f"Midjourney task {task_id} did not finish within {timeout:g}s; last seen status "
             f"{last_status or 'unknown'}, progress {last_progress or 'unknown'}"
+        )
+
+
+class ApicoreQuotaExceededError(ApicoreError):
+    """
+    The API token's balance cannot pay for the work. Nothing was accepted.
+
+    Raised when the gateway refuses a submission for balance (HTTP 400 ``quota_not_enough``, or a
+    401 whose message says the token's quota is exhausted, ``额度已用尽``), and by a pre-flight check
+    that finds the pending work would cost more than what is left. The message says what to do: top
+    up the token (or raise its limit), then clear the task, which continues where it stopped.
+
+    :param reason: what happened, in words (the gateway's description, or the pre-flight arithmetic)
+    :param conn_id: the Airflow connection whose token ran out, when known
+    :param remaining_usd: the balance left in USD, when known
+    :param required_usd: what the pending work would cost in USD, when known
+    :param status: the HTTP status of the refusal, when it came from the gateway
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        conn_id: str | None = None,
+        remaining_usd: float | None = None,
+        required_usd: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.reason = reason
+        self.conn_id = conn_id
+        self.remaining_usd = remaining_usd
+        self.required_usd = required_usd
+        self.status = status
+        token = f"the API token of connection {conn_id!r}" if conn_id else "the API token"
+        parts = [f"APICore quota exceeded: {reason}."]
+        if remaining_usd is not None:
+            parts.append(f"Balance left: {remaining_usd:.4f} USD.")
+        if required_usd is not None:
+            parts.append(f"Needed: {required_usd:.4f} USD.")
+        parts.append(
+            f"Top up {token} (or raise its quota) in the APICore console, then clear this task to "
+            "continue; work already accepted is kept."
+        )
+        super().__init__(" ".join(parts))
+
+
+class ApicoreThrottledError(ApicoreHTTPError):
+    """
+    HTTP 429 or 503: APICore processed nothing and asks to come back later.
+
+    :param retry_after: seconds the server asked to wait (``Retry-After``), if it said
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, excerpt: str = "", retry_after: float | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status, excerpt)
+
+
+class SubmissionInDoubtError(ApicoreError):
+    """
+    A retry found that an earlier try's submission may have created a job (its answer was lost), and
+    ``on_unknown_fate="fail"`` forbids sending it again: a second submission could be a second paid job.
+
+    :param state: the ``state`` tag the earlier submission carried (visible on the task in APICore)
+    """
+
+    def __init__(self, task: str, state: str | None, cause: str | None) -> None:
+        self.state = state
+        self.cause = cause
+        super().__init__(
+            f"An earlier try of {task} sent a submission whose answer was lost ({cause or 'unknown cause'}); "
+            f"a job tagged state={state!r} may exist and be billed. Not submitting again. Check the APICore "
+            "account; to submit anyway, set on_unknown_fate='resubmit' (may pay twice) and clear the task."
         )
