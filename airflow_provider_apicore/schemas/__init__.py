@@ -44,6 +44,8 @@ def first_non_base64(data: str) -> tuple[str, int, str] | None:
     elif ch.isspace():
         hint = " (line breaks and spaces are not allowed)"
     return ch, bad.start(), hint
+
+
 _JSON_TYPES = {
     str: "string",
     int: "integer",
@@ -194,6 +196,15 @@ def _rule_for(error: ValidationError, schema: dict[str, Any]) -> tuple[str, str]
             else:
                 problem = f"must be {_DATA_URL_EXAMPLE}; got {_excerpt(value)}"
         return field, problem
+    sub_pattern = str(error.schema.get("pattern", "")) if isinstance(error.schema, dict) else ""
+    if kind in ("pattern", "minLength") and isinstance(value, str) and "data:image/" in sub_pattern:
+        problem = data_url_problem(value, _pattern_mimes(sub_pattern))
+        return field, problem or f"must be {_DATA_URL_EXAMPLE}; got {_excerpt(value)}"
+    if kind == "pattern" and expected == r"\S":
+        return field, "must not be empty or only whitespace"
+    if kind in ("minItems", "maxItems") and isinstance(value, list):
+        most = "least" if kind == "minItems" else "most"
+        return field, f"must hold at {most} {expected} items (got {len(value)})"
     if kind == "maxLength":
         return field, f"must be at most {expected} characters (got {len(value)})"
     if kind == "minLength":
@@ -225,9 +236,16 @@ def _field_of(error: ValidationError, schema: dict[str, Any]) -> str:
 
 def _base64_mimes(schema: dict[str, Any]) -> tuple[str, ...]:
     """The image types the schema's base64 pattern allows, read from the pattern itself."""
-    pattern = schema["properties"]["base64"].get("pattern", "")
+    return _pattern_mimes(schema["properties"]["base64"].get("pattern", ""))
+
+
+def _pattern_mimes(pattern: str) -> tuple[str, ...]:
+    """The image types a data-URL pattern allows: ``image/(png|jpeg)`` or a single ``image/png``."""
     match = re.search(r"image/\(([^)]*)\)", pattern)
-    return tuple(f"image/{t}" for t in match.group(1).split("|")) if match else ()
+    if match:
+        return tuple(f"image/{t}" for t in match.group(1).split("|"))
+    single = re.search(r"image/([a-z]+)", pattern)
+    return (f"image/{single.group(1)}",) if single else ()
 
 
 def _error_order(schema: dict[str, Any]):
