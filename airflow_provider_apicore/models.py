@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,18 +64,38 @@ class SubmitResult:
         return ACCEPTED_CODES.get(self.code, str(self.code))
 
 
+_log = logging.getLogger(__name__)
+#: Odd fields already reported, so a poll of 5,000 tasks logs each kind of oddity once.
+_REPORTED: set[tuple[str, str]] = set()
+
+
+def _odd(key: str, value: Any) -> None:
+    """Log once per field and type that a task field was not what the protocol says (the raw value stays)."""
+    kind = (key, type(value).__name__)
+    if kind not in _REPORTED:
+        _REPORTED.add(kind)
+        _log.warning(
+            "APICore sent task field %r as %s (%s); ignoring it, the raw value stays in the task object",
+            key,
+            type(value).__name__,
+            safe_excerpt(str(value), 40),
+        )
+
+
 def _opt_int(obj: dict, key: str) -> int | None:
+    """Epoch milliseconds; ``0`` (the gateway's "not yet") and odd values are ``None``."""
     value = obj.get(key)
-    if value is None or value == "":
+    if value is None or value == "" or value == 0:
         return None
     if isinstance(value, bool):
-        raise ApicoreResponseError(f"task field {key!r} must be epoch milliseconds, got a boolean")
+        _odd(key, value)
+        return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ApicoreResponseError(
-            f"task field {key!r} must be epoch milliseconds", safe_excerpt(str(value), 60)
-        ) from None
+        number = int(float(value)) if isinstance(value, (float, str)) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        _odd(key, value)
+        return None
+    return number or None
 
 
 def _opt_str(obj: dict, key: str) -> str | None:
@@ -83,7 +104,8 @@ def _opt_str(obj: dict, key: str) -> str | None:
         return None
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise ApicoreResponseError(f"task field {key!r} must be a string, got {type(value).__name__}")
+    _odd(key, value)
+    return None
 
 
 def _has_credentials(url: Any) -> bool:
@@ -138,7 +160,8 @@ class MJTask:
                 ) from None
         properties = obj.get("properties") or {}
         if not isinstance(properties, dict):
-            raise ApicoreResponseError(f"task {task_id} field 'properties' must be an object")
+            _odd("properties", properties)
+            properties = {}
         # Servers echo the notifyHook URL; its credentials must not travel on into events, XCom or logs.
         if _has_credentials(properties.get("notifyHook")):
             properties = {**properties, "notifyHook": redact_url_credentials(properties["notifyHook"])}

@@ -146,7 +146,8 @@ REFUSED = [
     (24, ApicoreBannedPromptError),
     (4, ApicoreValidationError),
     (3, ApicoreNotFoundError),
-    (9, ApicoreSubmitError),
+    # Code 9 is "queue full" on the C# server ("system error" on the Java one): try later, like 23.
+    (9, ApicoreQueueFullError),
     (-1, ApicoreSubmitError),
 ]
 
@@ -189,11 +190,13 @@ def test_refused_submit_codes_raise_specific_errors_with_code_and_description(mo
         (Reply(body='{"code": 1, "result": '), "not JSON"),
     ],
 )
-def test_malformed_submit_answers_raise_a_response_error_with_an_excerpt(monkeypatch, reply, reason):
+def test_malformed_submit_answers_are_lost_answers_never_resent(monkeypatch, reply, reason):
+    # Whatever produced an unreadable answer may have let the request through: the job may exist.
     with ScriptedServer([reply]) as server:
         hook, _ = hook_for(monkeypatch, server)
-        with pytest.raises(ApicoreResponseError, match=reason):
+        with pytest.raises(SubmissionFateUnknownError, match=reason):
             hook.submit_describe(PAYLOAD)
+    assert len(server.requests) == 1
 
 
 def test_invalid_payload_is_rejected_before_any_request(monkeypatch):
@@ -322,7 +325,6 @@ def test_unknown_task_is_task_not_found(monkeypatch, reply):
         ({"tasks": []}, "not a JSON array"),
         ([{"id": "1", "status": "EXPLODED"}], "unknown status"),
         ([{"status": "SUCCESS"}], "no usable 'id'"),
-        ([{"id": "1", "status": "SUCCESS", "submitTime": "yesterday"}], "submitTime"),
     ],
 )
 def test_malformed_task_lists_raise_response_errors(monkeypatch, body, reason):
@@ -330,6 +332,25 @@ def test_malformed_task_lists_raise_response_errors(monkeypatch, body, reason):
         hook, _ = hook_for(monkeypatch, server)
         with pytest.raises(ApicoreResponseError, match=reason):
             hook.list_tasks(["1"])
+
+
+def test_odd_optional_fields_do_not_fail_the_poll(monkeypatch):
+    # Strict on id and status only: one float time or odd progress must not fail the poll of every id.
+    body = [
+        {"id": "1", "status": "SUCCESS", "submitTime": 1725017482366.0, "progress": 100, "startTime": "x"},
+        {"id": "2", "status": "", "submitTime": 0, "progress": {"odd": True}, "properties": []},
+    ]
+    with ScriptedServer([Reply(body=body)]) as server:
+        hook, _ = hook_for(monkeypatch, server)
+        first, second = hook.list_tasks(["1", "2"])
+    assert (first.submit_time, first.progress, first.start_time) == (1725017482366, "100", None)
+    assert first.raw["startTime"] == "x"
+    assert (second.status, second.submit_time, second.progress, second.properties) == (
+        TaskStatus.NOT_START,
+        None,
+        None,
+        {},
+    )
 
 
 def test_list_tasks_of_nothing_sends_nothing(monkeypatch):
