@@ -312,3 +312,56 @@ class SubmissionInDoubtError(ApicoreError):
             f"a job tagged state={state!r} may exist and be billed. Not submitting again. Check the APICore "
             "account; to submit anyway, set on_unknown_fate='resubmit' (may pay twice) and clear the task."
         )
+
+
+class ApicoreActionNotOfferedError(ApicoreInputError):
+    """
+    The parent task has no button for the requested action; nothing was sent.
+
+    :param task_id: the parent task
+    :param action: the action asked for (with its index, e.g. ``"upscale 5"``)
+    :param offered: the readable actions the parent's buttons do offer (e.g. ``["upscale 1-4", "reroll"]``)
+    """
+
+    def __init__(self, task_id: str | None, action: str, offered: list[str]) -> None:
+        self.task_id = task_id
+        self.action = action
+        self.offered = list(offered)
+        where = f"Task {task_id}" if task_id else "The parent task"
+        choice = ", ".join(offered) if offered else "no actions at all (it has no buttons)"
+        super().__init__(f"{where} does not offer {action!r}; it offers: {choice}")
+
+
+class ParentTaskNotReadyError(ApicoreInputError):
+    """
+    An action was asked on a parent task that has not finished with SUCCESS; nothing was sent.
+
+    :param task_id: the parent task
+    :param status: its status when checked
+    """
+
+    def __init__(self, task_id: str, status: str, fail_reason: str | None = None) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.fail_reason = fail_reason
+        reason = f" ({fail_reason})" if fail_reason else ""
+        super().__init__(
+            f"Task {task_id} is {status or 'not started'}{reason}, not SUCCESS: actions (upscale, variation, "
+            "zoom, ...) can only run on a finished task"
+        )
+
+
+class ImageDownloadError(ApicoreError):
+    """
+    A result image could not be downloaded or is not an image; says which URL (credentials hidden) and why.
+
+    :param url: the image URL, with any user-info redacted
+    :param rule: what went wrong, in words
+    :param status: the HTTP status, when the server answered
+    """
+
+    def __init__(self, url: str, rule: str, status: int | None = None) -> None:
+        self.url = redact_url_credentials(url)
+        self.rule = rule
+        self.status = status
+        super().__init__(f"Downloading image {safe_excerpt(self.url, 160)} failed: {rule}")
