@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from airflow_provider_apicore.emulator.billing import install_billing
 from airflow_provider_apicore.emulator.config import EmulatorConfig
 from airflow_provider_apicore.emulator.errors import EmulatorConfigError
 from airflow_provider_apicore.emulator.gate import guard
@@ -123,6 +124,8 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+    # Per-token accounting: the state's charge/refund/token_check seams and the quota endpoints.
+    install_billing(app, state)
 
     # ------------------------------------------------------------------------------------- API
     @app.post("/mj/submit/describe")
