@@ -282,14 +282,18 @@ def read_quota(get: Getter) -> TokenQuota:
 
     ``/api/usage/token/`` first (it accepts exhausted tokens and is in exact units), then the two
     dashboard endpoints together. A 404 (``get`` returns None) or an error carried in a 200 answer
-    moves on to the next endpoint; 401 ``额度已用尽`` on a dashboard endpoint is an exhausted token
-    (remaining 0). Other errors (auth, unreachable) are raised as they are.
+    moves on to the next endpoint; a refusal for balance (401 ``额度已用尽``, which the gateway gives
+    on the dashboard endpoints) is an exhausted token (remaining 0). Other errors (auth, unreachable)
+    are raised as they are.
 
     :param get: ``get(path)`` -> decoded JSON of ``GET <path>``, or None for a 404
     :raises ApicoreResponseError: no endpoint gave a usable answer; the message lists why per endpoint
     """
     reasons: list[str] = []
-    body = get(USAGE_TOKEN)
+    try:
+        body = _get_or_exhausted(get, USAGE_TOKEN)
+    except _Exhausted:
+        return exhausted_quota(USAGE_TOKEN)
     if body is None:
         reasons.append(f"{USAGE_TOKEN}: not found")
     else:
@@ -326,7 +330,10 @@ async def _aget_or_exhausted(get: AsyncGetter, path: str) -> Any:
 async def aread_quota(get: AsyncGetter) -> TokenQuota:
     """Async :func:`read_quota` (``get`` is a coroutine function), for triggers."""
     reasons: list[str] = []
-    body = await get(USAGE_TOKEN)
+    try:
+        body = await _aget_or_exhausted(get, USAGE_TOKEN)
+    except _Exhausted:
+        return exhausted_quota(USAGE_TOKEN)
     if body is None:
         reasons.append(f"{USAGE_TOKEN}: not found")
     else:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import math
 from datetime import datetime, timezone
 
 import pytest
+import requests
 
 from airflow_provider_apicore.account import (
     SUBSCRIPTION,
@@ -23,6 +26,8 @@ from airflow_provider_apicore.exceptions import (
     ApicoreQuotaExceededError,
     ApicoreResponseError,
 )
+from airflow_provider_apicore.hooks.apicore import ApicoreHook
+from tests.helpers.imagegen import make_png
 
 # The gateway's own example bodies (apicore-mj-protocol-family.md §12).
 USAGE_TOKEN_BODY = {
@@ -304,3 +309,136 @@ def test_exceeded_error_names_the_balance_and_the_unsent_images():
 def test_guard_arguments_are_checked(kwargs):
     with pytest.raises(ApicoreConfigError):
         QuotaGuard(Reader(UNLIMITED), **kwargs)
+
+
+# ----------------------------------------------------------------------------- over loopback
+
+
+def billing(emulator, **changes) -> dict:
+    """``PUT /_emulator/billing`` on the session emulator."""
+    response = requests.put(f"{emulator.url}/_emulator/billing", json=changes, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def png_data_url(seed: int) -> str:
+    png = make_png(4, 4, (seed % 256, (seed * 7) % 256, 90))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+VARIANTS = {
+    "usage-token": (["usage_token", "subscription", "usage"], USAGE_TOKEN),
+    "dashboard": (["subscription", "usage"], f"{SUBSCRIPTION} + {USAGE}"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_get_quota_of_a_limited_token_on_each_endpoint_variant(apicore_conn, variant):
+    endpoints, source = VARIANTS[variant]
+    billing(
+        apicore_conn,
+        endpoints=endpoints,
+        prices_usd={"mj_describe": 0.05},
+        accounts={apicore_conn.token: {"balance_usd": 1.3, "used_usd": 0.2, "expires_at": 1_800_000_000}},
+    )
+    hook = ApicoreHook()
+    quota = hook.get_quota()
+    assert (quota.limit_usd, quota.used_usd, quota.remaining_usd) == (1.5, 0.2, 1.3)
+    assert not quota.unlimited and quota.source == source and quota.expires_at.year == 2027
+    for i in range(3):  # three paid jobs: 0.15 USD
+        hook.submit_describe({"base64": png_data_url(i)}, validate=False)
+    quota = hook.get_quota()
+    assert quota.used_usd == pytest.approx(0.35) and quota.remaining_usd == pytest.approx(1.15)
+    assert quota.limit_usd == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_get_quota_of_an_unlimited_token_on_each_endpoint_variant(apicore_conn, variant):
+    endpoints, source = VARIANTS[variant]
+    billing(apicore_conn, endpoints=endpoints, accounts={apicore_conn.token: {"unlimited": True}})
+    hook = ApicoreHook()
+    hook.submit_describe({"base64": png_data_url(1)}, validate=False)
+    quota = hook.get_quota()
+    assert quota.unlimited and quota.remaining_usd == math.inf and quota.source == source
+    assert quota.used_usd == pytest.approx(0.05) and quota.expires_at is None
+    assert quota.describe() == "unlimited"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_aget_quota_reads_the_same_without_blocking(apicore_conn, variant):
+    endpoints, source = VARIANTS[variant]
+    billing(apicore_conn, endpoints=endpoints, accounts={apicore_conn.token: {"balance_usd": 2.5}})
+
+    async def run() -> TokenQuota:
+        hook = ApicoreHook()
+        try:
+            return await hook.aget_quota()
+        finally:
+            await hook.aclose()
+
+    quota = asyncio.run(run())
+    assert quota.remaining_usd == 2.5 and quota.source == source
+
+
+def test_get_quota_of_an_exhausted_token_on_the_dashboard_is_zero(apicore_conn):
+    billing(
+        apicore_conn, endpoints=["subscription", "usage"], accounts={apicore_conn.token: {"balance_usd": 0}}
+    )
+    raw = requests.get(
+        f"{apicore_conn.url}{SUBSCRIPTION}",
+        headers={"Authorization": f"Bearer {apicore_conn.token}"},
+        timeout=10,
+    )
+    assert raw.status_code == 401 and "额度已用尽" in raw.json()["error"]["message"]
+    quota = ApicoreHook().get_quota()
+    assert quota.exhausted and quota.remaining_usd == 0.0
+
+
+def test_get_quota_when_the_gateway_has_no_quota_endpoint(apicore_conn):
+    billing(apicore_conn, endpoints=[])
+    with pytest.raises(ApicoreResponseError, match="none of the token quota endpoints"):
+        ApicoreHook().get_quota()
+
+
+def test_test_connection_reports_the_balance_or_unlimited(apicore_conn):
+    billing(apicore_conn, accounts={apicore_conn.token: {"balance_usd": 1.25}})
+    ok, message = ApicoreHook().test_connection()
+    assert ok and "token was accepted" in message and "Balance: 1.2500 USD left of 1.2500 USD" in message
+    billing(apicore_conn, accounts={apicore_conn.token: {"unlimited": True}})
+    ok, message = ApicoreHook().test_connection()
+    assert ok and message.endswith("Balance: unlimited.")
+    assert apicore_conn.token not in message
+
+
+def test_test_connection_passes_when_only_the_balance_is_unavailable(apicore_conn):
+    billing(apicore_conn, endpoints=[])
+    ok, message = ApicoreHook().test_connection()
+    assert ok and "token was accepted" in message and "Balance not available" in message
+
+
+def test_preflight_against_the_emulator_refuses_forty_images_on_a_balance_for_twenty_five(apicore_conn):
+    billing(
+        apicore_conn, prices_usd={"mj_describe": 0.05}, accounts={apicore_conn.token: {"balance_usd": 1.27}}
+    )
+    hook = ApicoreHook()
+    guard = QuotaGuard(hook.get_quota, estimated_cost_per_image_usd=0.05, conn_id="apicore_default")
+    with pytest.raises(ApicoreQuotaExceededError) as info:
+        guard.preflight(40)
+    assert info.value.remaining_usd == pytest.approx(1.27) and info.value.required_usd == pytest.approx(2.0)
+    assert "1.2700 USD" in str(info.value) and "2.0000 USD" in str(info.value)
+    assert apicore_conn.stats()["tasks_created"] == 0
+    assert guard.preflight(25).remaining_usd == pytest.approx(1.27)
+
+
+def test_single_submit_past_the_balance_raises_quota_exceeded_saying_what_to_do(apicore_conn):
+    billing(
+        apicore_conn, prices_usd={"mj_describe": 0.05}, accounts={apicore_conn.token: {"balance_usd": 0.07}}
+    )
+    hook = ApicoreHook()
+    hook.submit_describe({"base64": png_data_url(1)}, validate=False)
+    with pytest.raises(ApicoreQuotaExceededError) as info:
+        hook.submit_describe({"base64": png_data_url(2)}, validate=False)
+    assert info.value.status == 400 and "quota_not_enough" in str(info.value)
+    assert "Top up" in str(info.value) and "clear this task" in str(info.value)
+    assert apicore_conn.stats()["tasks_created"] == 1
+    assert hook.get_quota().remaining_usd == pytest.approx(0.02)

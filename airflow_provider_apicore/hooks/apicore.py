@@ -12,6 +12,7 @@ import requests
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from airflow_provider_apicore.account import TokenQuota, aread_quota, read_quota
 from airflow_provider_apicore.exceptions import (
     ApicoreAuthError,
     ApicoreBannedPromptError,
@@ -332,8 +333,38 @@ class ApicoreHook(BaseHook):
         body = await transport.arequest("GET", self._fetch_path(task_id), None, not_found_ok=True)
         return self._task_or_not_found(task_id, body)
 
+    # ------------------------------------------------------------------ account
+    def get_quota(self) -> TokenQuota:
+        """
+        The API token's balance, in US dollars (see :mod:`airflow_provider_apicore.account`).
+
+        Asks ``GET /api/usage/token/`` (raw quota units, 500000 = 1 USD), and when the gateway does
+        not have it (404) the two billing dashboards (``/v1/dashboard/billing/subscription``, the
+        grant in USD with ``100000000`` = unlimited; ``/v1/dashboard/billing/usage``, spent in US
+        cents). Free: the gateway does not charge for these reads.
+
+        :return: the quota; ``remaining_usd`` is ``math.inf`` for an unlimited token and ``0.0`` for
+            an exhausted one
+        :raises ApicoreResponseError: the gateway answers none of the quota endpoints usefully
+        :raises ApicoreAuthError: the token is refused (other than for an exhausted balance)
+        """
+        transport = self.transport
+        return read_quota(lambda path: transport.request("GET", path, None, not_found_ok=True))
+
+    async def aget_quota(self) -> TokenQuota:
+        """Async :meth:`get_quota`, for triggers (``httpx``; never blocks the event loop)."""
+        transport = await self.atransport()
+
+        async def get(path: str) -> Any:
+            return await transport.arequest("GET", path, None, not_found_ok=True)
+
+        return await aread_quota(get)
+
     def test_connection(self) -> tuple[bool, str]:
-        """Make one cheap authenticated call (an empty task query) and say in words how it went."""
+        """
+        Make one cheap authenticated call (an empty task query) and say in words how it went, with
+        the token's remaining balance (or "unlimited") when the gateway tells it.
+        """
         try:
             settings = self.settings
             self.transport.request("POST", LIST_BY_CONDITION, {"ids": []}, retries=0)
@@ -348,7 +379,11 @@ class ApicoreHook(BaseHook):
             return False, f"APICore answered, but not as expected: {err}"
         except Exception as err:
             return False, f"Could not reach APICore: {safe_excerpt(str(err))}"
-        return True, f"Connected to {settings.base_url}; the API token was accepted."
+        try:
+            balance = f"Balance: {self.get_quota().describe()}."
+        except Exception as err:  # the token works; a missing balance must not fail the test
+            balance = f"Balance not available ({safe_excerpt(str(err), 160)})."
+        return True, f"Connected to {settings.base_url}; the API token was accepted. {balance}"
 
     # ------------------------------------------------------------------ answers
     @staticmethod
