@@ -73,6 +73,21 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Retries of a transient failure (429, 5xx, connection refused).",
                         "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
                     },
+                    "mode": {
+                        "label": "Speed mode",
+                        "description": "fast, relax or turbo: submissions go to /mj-<mode>/mj/... "
+                        "(the gateway's speed prefixes). Empty: the token's default speed.",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": [None, "fast", "relax", "turbo"],
+                            "values_display": {
+                                "null": "token's default",
+                                "fast": "fast (/mj-fast)",
+                                "relax": "relax (/mj-relax)",
+                                "turbo": "turbo (/mj-turbo)",
+                            },
+                        },
+                    },
                 },
             }
         ],
