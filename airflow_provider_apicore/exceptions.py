@@ -188,7 +188,13 @@ class ApicoreQueueFullError(ApicoreSubmitError):
 
 
 class ApicoreBannedPromptError(ApicoreSubmitError):
-    """Code 24: the prompt or image contains a banned word."""
+    """Code 24: the prompt or image contains a banned word (named in the message when the server says)."""
+
+    def __init__(self, code: int | None, description: str, properties: dict | None = None) -> None:
+        super().__init__(code, description, properties)
+        word = self.banned_word
+        if word:
+            self.args = (f"{self.args[0]}; banned word: {safe_excerpt(str(word), 80)!r}",)
 
     @property
     def banned_word(self) -> str | None:
