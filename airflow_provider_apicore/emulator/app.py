@@ -214,6 +214,20 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
         state.reset()
         return {"ok": True}
 
+    @app.get("/_emulator/submissions")
+    async def submissions(request: Request) -> Response:
+        # ?min_jobs=2 keeps only payloads, images and prompts that started two jobs or more.
+        raw = request.query_params.get("min_jobs", "0")
+        if not raw.isdigit():
+            message = f"min_jobs must be a non-negative integer, got {raw!r}"
+            return JSONResponse({"error": {"message": message, "type": "invalid_query"}}, status_code=400)
+        return JSONResponse(state.submissions(int(raw)))
+
+    @app.post("/_emulator/gateway/refresh")
+    async def gateway_refresh() -> dict[str, Any]:
+        # Refresh the gateway's copy now, as its next periodic refresh would.
+        return {"updated": state.gateway.refresh(), **state.gateway.stats()}
+
     @app.get("/_emulator/images/{name}")
     async def image(name: str) -> Response:
         task = state.get(name.partition(".")[0])

@@ -77,12 +77,46 @@ OPTIONS: tuple[Option, ...] = (
     Option("progress_step", int, "config", "progress is reported in steps of this many percent (default 10)"),
     Option("notify_timeout", float, "config", "seconds allowed per notifyHook POST (default 2.0)"),
     Option("notify_workers", int, "config", "notifyHook POSTs in flight at once (default 8)"),
-    Option("dedupe", _bool, "config", "answer code 21 with the earlier task for a resubmitted image"),
+    Option(
+        "dedupe",
+        _bool,
+        "config",
+        "answer code 21 with the earlier task for a resubmitted image (default off, as on the real servers)",
+    ),
+    Option(
+        "gateway",
+        _bool,
+        "config",
+        "answer like new-api in front of the proxy: codes 21/22 -> 1, fetch/list from a copy refreshed every "
+        '--gateway-refresh s (status "" until then), unknown id -> 400 task_no_found, notifyHook dropped, '
+        "imageUrl -> /mj/image/<id>, 401 in new-api's shape, any /<mode>/mj/ prefix (true/false)",
+    ),
+    Option(
+        "gateway_refresh", float, "config", "seconds between refreshes of the gateway's copy (default 15)"
+    ),
+    Option(
+        "gateway_task_timeout",
+        float,
+        "config",
+        "seconds after which the gateway marks a task still unfinished FAILURE (default 3600)",
+    ),
     Option("http_5xx", float, "faults", "rate of 500/502/503/504 answers, request not processed"),
     Option("http_429", float, "faults", "rate of 429 answers with Retry-After, request not processed"),
     Option("retry_after", int, "faults", "seconds in the 429 Retry-After header (default 1)"),
     Option("drop_before", float, "faults", "rate of connections closed without processing or answer"),
     Option("drop_after", float, "faults", "rate of connections closed after processing, with no answer"),
+    Option(
+        "http_5xx_after",
+        float,
+        "faults",
+        "rate of requests processed (a submit creates its job) then answered 500/502/504, JSON or text",
+    ),
+    Option(
+        "html_error_after",
+        float,
+        "faults",
+        "rate of requests processed (a submit creates its job) then answered a proxy's HTML 502 page",
+    ),
     Option("slow", float, "faults", "rate of answers held back by --slow-seconds after processing"),
     Option("slow_seconds", float, "faults", "delay of slow answers (default 5.0)"),
     Option("malformed_json", float, "faults", "rate of truncated JSON answers, request not processed"),
@@ -127,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apicore-emulator",
         description="Local emulator of APICore's Midjourney (midjourney-proxy) API.",
-        epilog=f"Every option can also be set with {ENV_PREFIX}<NAME>, e.g. {ENV_PREFIX}JOB_SECONDS=0.5.",
+        epilog=(
+            f"Every option can also be set with {ENV_PREFIX}<NAME>, e.g. {ENV_PREFIX}JOB_SECONDS=0.5, and "
+            "at run time with PUT /_emulator/config. Submit routes: /mj/submit/* and /mj/insight-face/swap, "
+            "also under /mj-fast, /mj-relax and /mj-turbo. GET /_emulator/stats counts jobs created, submit "
+            "answers delivered, jobs whose answer a fault replaced (jobs_unanswered) and duplicate jobs; "
+            "GET /_emulator/submissions lists them per payload, image SHA-256 and prompt."
+        ),
     )
     for option in OPTIONS:
         # Values stay strings here so flags and environment variables share one parser and one

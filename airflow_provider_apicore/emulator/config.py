@@ -35,6 +35,13 @@ class EmulatorConfig:
         image bytes are submitted again while that task is known and has not failed, as gateways
         that deduplicate do. Off by default: every accepted image then starts a job, and
         ``duplicate_submissions`` counts the repeats.
+    :param gateway: answer like the new-api gateway in front of the proxy (see
+        :mod:`airflow_provider_apicore.emulator.gateway`): codes 21/22 rewritten to 1, fetch and
+        list from a copy refreshed every ``gateway_refresh`` seconds, ``task_no_found`` as HTTP 400,
+        ``notifyHook`` dropped, ``imageUrl`` forwarded through ``/mj/image/<id>``.
+    :param gateway_refresh: seconds between two refreshes of the gateway's copy (new-api: 15).
+    :param gateway_task_timeout: seconds after which the gateway marks a task it still sees
+        unfinished FAILURE (new-api: one hour).
     :param faults: fault injection knobs, see :class:`FaultConfig`.
     """
 
@@ -48,6 +55,9 @@ class EmulatorConfig:
     notify_timeout: float = 2.0
     notify_workers: int = 8
     dedupe: bool = False
+    gateway: bool = False
+    gateway_refresh: float = 15.0
+    gateway_task_timeout: float = 3600.0
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
@@ -67,8 +77,11 @@ class EmulatorConfig:
         require_int("notify_workers", self.notify_workers, minimum=1)
         require_int("progress_step", self.progress_step, minimum=1, maximum=99)
         require_int("seed", self.seed, minimum=-(2**63))
-        if not isinstance(self.dedupe, bool):
-            raise EmulatorConfigError(f"dedupe must be true or false, got {self.dedupe!r}")
+        for name in ("dedupe", "gateway"):
+            if not isinstance(getattr(self, name), bool):
+                raise EmulatorConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        require_number("gateway_refresh", self.gateway_refresh, minimum=0.01)
+        require_number("gateway_task_timeout", self.gateway_task_timeout, minimum=0.0)
         self.faults.validate()
 
     def to_dict(self) -> dict[str, Any]:

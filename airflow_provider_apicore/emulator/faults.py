@@ -22,8 +22,12 @@ REQUEST_FAULTS: tuple[str, ...] = (
     "html_error",
     "malformed_json",
     "drop_after",
+    "http_5xx_after",
+    "html_error_after",
     "slow",
 )
+#: Request-level faults that act after the request was processed (a job may have been created).
+AFTER_FAULTS: tuple[str, ...] = ("drop_after", "http_5xx_after", "html_error_after")
 #: Faults decided per created task, checked in this order (the first hit wins).
 TASK_FAULTS: tuple[str, ...] = ("task_failure", "stuck", "vanish")
 #: Every rate knob (0..1).
@@ -35,6 +39,8 @@ ENDPOINTS: tuple[str, ...] = ("submit", "fetch", "list", "other")
 DROP_STYLES: tuple[str, ...] = ("close", "reset")
 
 SERVER_ERROR_STATUSES: tuple[int, ...] = (500, 502, 503, 504)
+#: What a gateway or proxy answers when the upstream took the request and then failed or timed out.
+AFTER_ERROR_STATUSES: tuple[int, ...] = (500, 502, 504)
 FAIL_REASONS: tuple[str, ...] = (
     "Banned image detected",
     "Job timed out upstream",
@@ -53,6 +59,10 @@ class FaultConfig:
     :param retry_after: seconds announced in the 429 ``Retry-After`` header.
     :param drop_before: close the connection with no response; the request is not processed.
     :param drop_after: process the request, then close the connection with no response.
+    :param http_5xx_after: process the request (a submit creates its job), then answer 500, 502
+        or 504 with a JSON or plain-text body instead of the real answer.
+    :param html_error_after: process the request (a submit creates its job), then answer a
+        proxy's HTML 502 page instead of the real answer.
     :param slow: process the request, then hold the answer for ``slow_seconds``.
     :param slow_seconds: delay applied by ``slow``.
     :param malformed_json: answer 200 with a truncated JSON body without processing the request.
@@ -74,6 +84,8 @@ class FaultConfig:
     retry_after: int = 1
     drop_before: float = 0.0
     drop_after: float = 0.0
+    http_5xx_after: float = 0.0
+    html_error_after: float = 0.0
     slow: float = 0.0
     slow_seconds: float = 5.0
     malformed_json: float = 0.0
@@ -172,6 +184,7 @@ class FaultDecider:
         # String seeds go through SHA-512 in random.Random: stable across processes and platforms.
         self._streams = {kind: random.Random(f"{seed}:{kind}") for kind in RATE_FAULTS}
         self._status = random.Random(f"{seed}:http_5xx:status")
+        self._status_after = random.Random(f"{seed}:http_5xx_after:status")
         self._detail = random.Random(f"{seed}:task:detail")
         self._ids = random.Random(f"{seed}:ids")
 
@@ -189,6 +202,10 @@ class FaultDecider:
     def server_error(self) -> tuple[int, bool]:
         """Status code of an injected 5xx and whether its body is JSON (else plain text)."""
         return self._status.choice(SERVER_ERROR_STATUSES), self._status.random() < 0.5
+
+    def server_error_after(self) -> tuple[int, bool]:
+        """Status (500, 502 or 504) of an after-processing 5xx and whether its body is JSON."""
+        return self._status_after.choice(AFTER_ERROR_STATUSES), self._status_after.random() < 0.5
 
     def id_digits(self) -> int:
         """Three random digits for a task id."""

