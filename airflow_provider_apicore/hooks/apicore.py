@@ -58,6 +58,12 @@ __all__ = [
 ]
 
 SUBMIT_DESCRIBE = "/mj/submit/describe"
+SUBMIT_IMAGINE = "/mj/submit/imagine"
+SUBMIT_ACTION = "/mj/submit/action"
+SUBMIT_MODAL = "/mj/submit/modal"
+SUBMIT_BLEND = "/mj/submit/blend"
+SUBMIT_SHORTEN = "/mj/submit/shorten"
+SUBMIT_SWAP_FACE = "/mj/insight-face/swap"
 LIST_BY_CONDITION = "/mj/task/list-by-condition"
 
 #: A submit ``code``: a whole number in ASCII digits (``str.isdigit`` also takes "¹", which int() refuses).
@@ -277,6 +283,112 @@ class ApicoreHook(BaseHook):
         result = self.submit(SUBMIT_DESCRIBE, payload, retries=retries)
         self.log.info("APICore accepted describe job: task %s (%s)", result.task_id, result.outcome)
         return result
+
+    # ------------------------------------------------------------------ the rest of the family
+    def _submit_checked(
+        self, endpoint: str, schema: str, payload: dict[str, Any], validate: bool, retries: int | None
+    ) -> SubmitResult:
+        """Validate against ``schemas/<schema>.json`` (nothing is sent when it fails), then :meth:`submit`."""
+        if validate:
+            from airflow_provider_apicore.schemas import validate_payload
+
+            validate_payload(schema, payload)
+        mask_url_credentials(payload.get("notifyHook"))
+        result = self.submit(endpoint, payload, retries=retries)
+        self.log.info("APICore accepted %s: task %s (%s)", endpoint, result.task_id, result.outcome)
+        return result
+
+    def submit_imagine(
+        self, payload: dict[str, Any], validate: bool = True, retries: int | None = None
+    ) -> SubmitResult:
+        """``POST /mj/submit/imagine``: ``{"prompt", "base64Array"?, "botType"?, "notifyHook"?, ...}``."""
+        return self._submit_checked(SUBMIT_IMAGINE, "imagine_payload", payload, validate, retries)
+
+    def submit_action(
+        self, payload: dict[str, Any], validate: bool = True, retries: int | None = None
+    ) -> SubmitResult:
+        """``POST /mj/submit/action``: ``{"taskId", "customId", "enableRemix"?, ...}`` (code 21 = window)."""
+        return self._submit_checked(SUBMIT_ACTION, "action_payload", payload, validate, retries)
+
+    def submit_modal(
+        self, payload: dict[str, Any], validate: bool = True, retries: int | None = None
+    ) -> SubmitResult:
+        """``POST /mj/submit/modal``: ``{"taskId" (the MODAL task), "prompt"?, "maskBase64"? (PNG)}``."""
+        return self._submit_checked(SUBMIT_MODAL, "modal_payload", payload, validate, retries)
+
+    def submit_blend(
+        self, payload: dict[str, Any], validate: bool = True, retries: int | None = None
+    ) -> SubmitResult:
+        """``POST /mj/submit/blend``: ``{"base64Array" (2-5 data URLs), "dimensions"?, ...}``."""
+        return self._submit_checked(SUBMIT_BLEND, "blend_payload", payload, validate, retries)
+
+    def submit_shorten(
+        self, payload: dict[str, Any], validate: bool = True, retries: int | None = None
+    ) -> SubmitResult:
+        """``POST /mj/submit/shorten``: ``{"prompt", "botType"?, ...}``."""
+        return self._submit_checked(SUBMIT_SHORTEN, "shorten_payload", payload, validate, retries)
+
+    def submit_swap_face(
+        self, payload: dict[str, Any], validate: bool = True, retries: int | None = None
+    ) -> SubmitResult:
+        """``POST /mj/insight-face/swap``: ``{"sourceBase64", "targetBase64", ...}`` (data URLs)."""
+        return self._submit_checked(SUBMIT_SWAP_FACE, "swap_face_payload", payload, validate, retries)
+
+    def get_image_seed(self, task_id: str) -> str:
+        """
+        The seed of a finished task's image (``GET /mj/task/{id}/image-seed``), a string of digits.
+
+        :raises ApicoreNotFoundError: unknown task, or no seed found (code 3)
+        :raises ApicoreValidationError: the task is not finished (code 4)
+        :raises ApicoreSubmitError: any other refusal, with the server's code and description
+        """
+        path = self._fetch_path(task_id).replace("/fetch", "/image-seed")
+        body = self.transport.request("GET", path, None, not_found_ok=True)
+        if body is None:
+            raise TaskNotFoundError(str(task_id))
+        code = body.get("code") if isinstance(body, dict) else None
+        if isinstance(code, bool) or not _CODE.fullmatch(str(code).strip()):
+            raise ApicoreResponseError("image-seed answer has no integer 'code'", safe_excerpt(repr(body)))
+        code = int(str(code).strip())
+        seed = body.get("result")
+        if code == 1 and isinstance(seed, (str, int)) and not isinstance(seed, bool) and str(seed).strip():
+            return str(seed).strip()
+        description = str(body.get("description") or "").strip()
+        properties = body.get("properties") if isinstance(body.get("properties"), dict) else {}
+        raise _SUBMIT_ERRORS.get(code, ApicoreSubmitError)(code, description, properties)
+
+    @property
+    def image_fetcher(self) -> Any:
+        """The hook's :class:`~airflow_provider_apicore.hooks.download.ImageFetcher` (token: own host)."""
+        if getattr(self, "_image_fetcher", None) is None:
+            from airflow_provider_apicore.hooks.download import ImageFetcher
+
+            settings = self.settings
+            self._image_fetcher = ImageFetcher(
+                settings.base_url,
+                settings.token,
+                retries=settings.max_retries,
+                backoff=self.retry_backoff,
+                max_backoff=self.max_backoff,
+                sleep=lambda s: self._sleep(s),
+                log=self.log,
+            )
+        return self._image_fetcher
+
+    def fetch_image(self, url: str) -> tuple[bytes, Any]:
+        """Download a result image and check it (see :mod:`~airflow_provider_apicore.hooks.download`)."""
+        return self.image_fetcher.fetch(url)
+
+    def download_image(self, url: str, dest: Any) -> Any:
+        """
+        Download a result image to ``dest`` (path or ObjectStoragePath), checked and written atomically.
+
+        The API token is sent only when ``url`` is on the connection's own origin; a CDN gets none.
+
+        :return: :class:`~airflow_provider_apicore.hooks.download.DownloadedImage`
+        :raises ImageDownloadError: bad URL, HTTP error, over the size limit, or not an image
+        """
+        return self.image_fetcher.download(url, dest)
 
     # ------------------------------------------------------------------ queries
     def fetch_task(self, task_id: str) -> MJTask:
