@@ -3,6 +3,14 @@ Start and stop a real Airflow 3 stack on loopback: the APICore emulator, ``airfl
 ``scheduler``, ``dag-processor`` and ``triggerer`` (LocalExecutor), on SQLite or on a throwaway
 PostgreSQL cluster, in a temporary Airflow home with this repository's ``dags/``.
 
+``executor="celery"`` starts a distributed stack instead (the tier in ``tests/distributed``): PostgreSQL,
+Debian's ``redis-server`` as the Celery broker, ``workers`` Celery workers and ``triggerers``
+triggerers that share no local directory (each has its own HOME, TMPDIR, working directory, Airflow
+home, log folder and copy of the DAG files, and reports its own hostname to Airflow), and moto's
+server mode on loopback serving S3: every service gets the ``aws_moto`` connection (``endpoint_url``
+pointing at moto), task logs go to ``s3://airflow-logs`` (remote logging), and data lives under
+``s3://aws_moto@<bucket>/...`` (:class:`~airflow.sdk.ObjectStoragePath` with the connection id).
+
 Every service runs in its own process group, is logged to ``<root>/logs/<service>.log`` and is stopped
 by process id (SIGTERM to the group, SIGKILL after a grace period), also at interpreter exit. Each
 phase's duration is printed.
@@ -11,6 +19,7 @@ By hand::
 
     .venv/bin/python scripts/airflow_stack.py up                 # SQLite; Ctrl-C stops everything
     .venv/bin/python scripts/airflow_stack.py up --postgres      # PostgreSQL metadata database
+    .venv/bin/python scripts/airflow_stack.py up --celery        # Celery, Redis, 2 workers, 2 triggerers, S3
     .venv/bin/python scripts/airflow_stack.py down <root>        # stop a stack whose `up` was killed
 
 From Python (the integration tier)::
@@ -51,6 +60,12 @@ BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
 EMULATOR = str(BIN / "apicore-emulator")
 AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: Services that the Airflow services depend on: stopped after them.
+INFRASTRUCTURE = ("emulator", "moto", "redis")
+#: Bucket of the remote task logs in the distributed stack.
+LOG_BUCKET = "airflow-logs"
+#: Connection id of moto's S3 in the distributed stack.
+S3_CONN_ID = "aws_moto"
 #: Components reported by /api/v2/monitor/health that must all be "healthy".
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 
@@ -351,10 +366,25 @@ class AirflowStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     on_phase: Callable[[Phase], None] | None = None
     health_timeout: float = 180.0
+    #: ``"local"`` (LocalExecutor) or ``"celery"`` (CeleryExecutor, Redis, S3 on moto; needs PostgreSQL)
+    executor: str = "local"
+    #: Celery workers and triggerers of the distributed stack (one triggerer with LocalExecutor)
+    workers: int = 2
+    triggerers: int = 2
+    #: Task slots of each Celery worker
+    worker_concurrency: int = 8
+    #: Buckets created on moto before the services start (the log bucket is always created)
+    buckets: tuple[str, ...] = ("apicore",)
 
     def __post_init__(self) -> None:
         if self.database not in ("sqlite", "postgres"):
             raise ValueError(f"database must be 'sqlite' or 'postgres', not {self.database!r}")
+        if self.executor not in ("local", "celery"):
+            raise ValueError(f"executor must be 'local' or 'celery', not {self.executor!r}")
+        if self.executor == "celery" and self.database != "postgres":
+            raise ValueError("executor='celery' needs database='postgres' (workers share the metadata DB)")
+        if self.executor == "local":
+            self.workers, self.triggerers = 0, 1
         self.owns_root = self.root is None
         self.root = Path(self.root or tempfile.mkdtemp(prefix=f"airflow-stack-{self.database}-"))
         self.home = self.root / "airflow-home"
@@ -365,6 +395,8 @@ class AirflowStack:
         self.api_url = ""
         self.emulator_url = ""
         self.sql_alchemy_conn = ""
+        self.s3_endpoint = ""
+        self.broker_url = ""
         self.services: dict[str, Service] = {}
         self.postgres: PostgresCluster | None = None
         self.phases: list[Phase] = []
@@ -401,6 +433,10 @@ class AirflowStack:
                 self.sql_alchemy_conn = f"sqlite:///{self.home / 'airflow.db'}"
             with self.phase("emulator"):
                 self._start_emulator()
+            if self.executor == "celery":
+                with self.phase("redis + moto (S3)"):
+                    self._start_redis()
+                    self._start_moto()
             with self.phase("db migrate"):
                 self._configure()
                 self._migrate()
@@ -418,19 +454,20 @@ class AirflowStack:
                 return
             self._stopped = True
         with self.phase("teardown"):
-            # Airflow first (its tasks talk to the emulator and the database), then the emulator,
-            # then the database.
+            # Airflow first (its tasks talk to the emulator, S3 and the database), then the emulator,
+            # moto and Redis, then the database.
             threads = [
-                threading.Thread(target=self.services[name].stop)
-                for name in AIRFLOW_SERVICES
-                if name in self.services
+                threading.Thread(target=service.stop)
+                for name, service in self.services.items()
+                if name not in INFRASTRUCTURE
             ]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            if "emulator" in self.services:
-                self.services["emulator"].stop()
+            for name in INFRASTRUCTURE:
+                if name in self.services:
+                    self.services[name].stop()
             if self.postgres is not None:
                 self.postgres.stop()
         if self in _live_stacks:
@@ -480,6 +517,8 @@ class AirflowStack:
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             }
         )
+        if self.executor == "celery":
+            self.env.update(self._celery_env())
         self.env.update(self.extra_env)
 
     def _migrate(self) -> None:
@@ -529,11 +568,196 @@ class AirflowStack:
         self.emulator_url = f"http://127.0.0.1:{port_file.read_text().strip()}"
 
     def _start_services(self) -> None:
-        for name in AIRFLOW_SERVICES:
+        if self.executor == "celery":
+            self._start_distributed_services()
+        else:
+            for name in AIRFLOW_SERVICES:
+                service = Service(name, [AIRFLOW, name], self.env, self.logs / f"{name}.log")
+                self.services[name] = service
+                service.start()
+        self._write_state()
+
+    # ------------------------------------------------------------------ the distributed stack
+    def _celery_env(self) -> dict[str, str]:
+        """Configuration shared by every service of the distributed stack."""
+        assert self.postgres is not None
+        result_backend = f"db+postgresql+psycopg2://{self.postgres.user}@127.0.0.1:{self.postgres.port}/airflow"
+        moto_conn = {
+            "conn_type": "aws",
+            "login": "moto-access-key",
+            "password": "moto-secret-key",
+            "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
+        }
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "64",
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+            # One message per free slot, so queued tasks spread over the workers instead of piling up
+            # in the first worker's prefetch buffer.
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL": "False",
+            # A killed worker's tasks stop heartbeating: the scheduler fails that try within ~30 s
+            # and schedules the retry (default 300 s).
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            # A killed triggerer's triggers go to a live one once its heartbeat is this old (default 30 s).
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "15",
+            "AIRFLOW__SCHEDULER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "15",
+            # Every service reaches S3 (moto) through this connection; task logs are stored there.
+            f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": json.dumps(moto_conn),
+            "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+            "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{LOG_BUCKET}/logs",
+            "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": S3_CONN_ID,
+        }
+
+    def node_dirs(self, name: str) -> dict[str, Path]:
+        """The private directories of one worker or triggerer ("node"): nothing is shared between nodes."""
+        base = self.root / "nodes" / name
+        return {
+            "base": base,
+            "home": base / "home",
+            "tmp": base / "tmp",
+            "work": base / "work",
+            "airflow_home": base / "airflow-home",
+            "dags": base / "dags",
+            "logs": base / "task-logs",
+        }
+
+    def _node_env(self, name: str) -> dict[str, str]:
+        """A node's environment: its own HOME, TMPDIR, Airflow home, DAG copy, logs and hostname."""
+        dirs = self.node_dirs(name)
+        for path in dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+        if not any(dirs["dags"].iterdir()):
+            shutil.copytree(
+                self.dags_folder,
+                dirs["dags"],
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        # Airflow asks [core] hostname_callable for the name it records on task instances and jobs.
+        (dirs["base"] / "stack_node.py").write_text(
+            '"""This node\'s hostname for Airflow."""\n\nimport os\n\n\n'
+            "def hostname() -> str:\n"
+            '    return os.environ["AIRFLOW_STACK_HOSTNAME"]\n'
+        )
+        env = dict(self.env)
+        env.update(
+            {
+                "HOME": str(dirs["home"]),
+                "TMPDIR": str(dirs["tmp"]),
+                "AIRFLOW_HOME": str(dirs["airflow_home"]),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(dirs["dags"]),
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(dirs["logs"]),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stack_node.hostname",
+                "AIRFLOW_STACK_HOSTNAME": name,
+                "PYTHONPATH": str(dirs["base"]),
+            }
+        )
+        return env
+
+    def _start_distributed_services(self) -> None:
+        for name in ("api-server", "scheduler", "dag-processor"):
             service = Service(name, [AIRFLOW, name], self.env, self.logs / f"{name}.log")
             self.services[name] = service
             service.start()
-        self._write_state()
+        for number in range(1, self.triggerers + 1):
+            name = f"triggerer-{number}"
+            self.start_node(name, [AIRFLOW, "triggerer"])
+        for number in range(1, self.workers + 1):
+            name = f"worker-{number}"
+            self.start_node(
+                name,
+                [
+                    AIRFLOW,
+                    "celery",
+                    "worker",
+                    "--celery-hostname",
+                    f"{name}@%h",
+                    "--concurrency",
+                    str(self.worker_concurrency),
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+            )
+
+    def start_node(self, name: str, cmd: list[str]) -> Service:
+        """Start (or start again) a worker or triggerer in its own directories."""
+        dirs = self.node_dirs(name)
+        env = self._node_env(name)
+        service = Service(name, cmd, env, self.logs / f"{name}.log", cwd=dirs["work"])
+        self.services[name] = service
+        service.start()
+        return service
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a service's whole process group at once (a lost host: no cleanup, no goodbye)."""
+        service = self.services[name]
+        assert service.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(service.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.proc.wait(timeout=10)
+
+    def _start_redis(self) -> None:
+        redis = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(redis):
+            raise StackError("redis-server not found: run scripts/install_system_deps.sh as root")
+        port = free_port()
+        directory = self.root / "redis"
+        directory.mkdir(parents=True, exist_ok=True)
+        cmd = [redis, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        cmd += ["--dir", str(directory), "--daemonize", "no", "--protected-mode", "yes"]
+        service = Service("redis", cmd, dict(os.environ), self.logs / "redis.log", cwd=directory)
+        self.services["redis"] = service
+        service.start()
+        self._wait_port(service, port)
+        self.broker_url = f"redis://127.0.0.1:{port}/0"
+
+    def _start_moto(self) -> None:
+        port = free_port()
+        moto = str(BIN / "moto_server")
+        if not os.path.exists(moto):
+            raise StackError('moto_server not found: pip install "moto[server]"')
+        service = Service(
+            "moto", [moto, "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), self.logs / "moto.log"
+        )
+        self.services["moto"] = service
+        service.start()
+        self._wait_port(service, port)
+        self.s3_endpoint = f"http://127.0.0.1:{port}"
+        client = self.s3_client()
+        for bucket in (LOG_BUCKET, *self.buckets):
+            client.create_bucket(Bucket=bucket)
+
+    def s3_client(self) -> Any:
+        """A boto3 S3 client on moto (for setting up and checking objects from the test process)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id="moto-access-key",
+            aws_secret_access_key="moto-secret-key",
+            region_name="us-east-1",
+        )
+
+    @staticmethod
+    def _wait_port(service: Service, port: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            service.check_alive()
+            with socket.socket() as sock:
+                sock.settimeout(1)
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise StackError(f"{service.name} did not listen on {port} within {timeout:.0f} s")
+            time.sleep(0.1)
 
     def _write_state(self) -> None:
         state = {
@@ -568,10 +792,34 @@ class AirflowStack:
             except (requests.RequestException, ValueError) as err:
                 last = repr(err)
             else:
-                if all((last.get(c) or {}).get("status") == "healthy" for c in HEALTH_COMPONENTS):
+                if (
+                    all((last.get(c) or {}).get("status") == "healthy" for c in HEALTH_COMPONENTS)
+                    and self._nodes_ready()
+                ):
                     return last
             time.sleep(1)
         raise StackError(f"the stack was not healthy within {timeout or self.health_timeout:.0f} s: {last}")
+
+    def _nodes_ready(self) -> bool:
+        """Every Celery worker said "ready" in its log (LocalExecutor stacks have none)."""
+        for name, service in self.services.items():
+            if name.startswith("worker-"):
+                try:
+                    text = service.log_path.read_text(errors="replace")
+                except OSError:
+                    return False
+                if f"{name}@" not in text or " ready." not in text:
+                    return False
+        return True
+
+    def worker_ready(self, name: str, since: int = 0) -> bool:
+        """Whether worker ``name`` logged "ready" after byte offset ``since`` of its log."""
+        try:
+            with open(self.services[name].log_path, "rb") as log:
+                log.seek(since)
+                return b" ready." in log.read()
+        except OSError:
+            return False
 
     # ------------------------------------------------------------------ REST API v2
     def token(self, refresh: bool = False) -> str:
@@ -626,7 +874,8 @@ def _stop_live_stacks() -> None:
 # --------------------------------------------------------------------------------------- CLI
 def _cmd_up(args: argparse.Namespace) -> int:
     stack = AirflowStack(
-        database="postgres" if args.postgres else "sqlite",
+        database="postgres" if args.postgres or args.celery else "sqlite",
+        executor="celery" if args.celery else "local",
         root=Path(args.root) if args.root else None,
         emulator_args=["--job-seconds", str(args.job_seconds)],
     )
@@ -663,6 +912,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the stack and keep it running until Ctrl-C")
     up.add_argument("--postgres", action="store_true", help="PostgreSQL metadata database instead of SQLite")
+    up.add_argument(
+        "--celery",
+        action="store_true",
+        help="distributed: CeleryExecutor, Redis, 2 workers, 2 triggerers, S3 on moto (PostgreSQL)",
+    )
     up.add_argument("--root", help="directory for the Airflow home, logs and database (default: a temp dir)")
     up.add_argument("--job-seconds", type=float, default=3.0, help="emulator: seconds one Describe job runs")
     up.set_defaults(func=_cmd_up)

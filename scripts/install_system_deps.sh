@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# System packages for the integration tier (tests/integration): Debian's Chromium + ChromeDriver for the
-# UI checks and PostgreSQL for the metadata-database runs. Idempotent: installs only what is missing.
+# System packages for the integration tiers (tests/integration, tests/distributed): Debian's Chromium +
+# ChromeDriver for the UI checks, PostgreSQL for the metadata-database runs and redis-server as the
+# Celery broker of the distributed tier. Idempotent: installs only what is missing.
 # Skips (exit 0, saying why) where it cannot install: not root, or no apt-get. The tier then skips the
 # parts that need the missing programs and says so in its output.
 set -uo pipefail
 
-PACKAGES=(chromium chromium-driver postgresql)
+PACKAGES=(chromium chromium-driver postgresql redis-server)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -33,8 +34,8 @@ echo "install_system_deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # A failed update (e.g. one unreachable mirror) is not fatal: the install below says what is missing.
 apt-get update -qq || echo "install_system_deps: apt-get update failed; trying the install anyway"
-# policy-rc.d 101: Debian's postinst must not start the distribution's own PostgreSQL cluster;
-# the tier starts a throwaway one of its own on a free port.
+# policy-rc.d 101: Debian's postinst must not start the distribution's own PostgreSQL cluster or Redis;
+# the tiers start throwaway ones of their own on free loopback ports.
 policy=/usr/sbin/policy-rc.d
 created_policy=0
 if [ ! -e "$policy" ]; then
