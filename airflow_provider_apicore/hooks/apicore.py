@@ -164,7 +164,8 @@ class ApicoreHook(BaseHook):
                 conn = await self.aget_connection(self.apicore_conn_id)
             except AirflowNotFoundException:
                 raise self._missing_connection() from None
-            settings = self._make_settings(conn)
+            extra = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else None
+            settings = self._make_settings(conn, extra)
             from airflow.sdk.log import amask_secret
 
             await amask_secret(settings.token)
@@ -179,7 +180,7 @@ class ApicoreHook(BaseHook):
             f'"host": "{DEFAULT_HOST}", "password": "<token>"}}\'.'
         )
 
-    def _make_settings(self, conn: Any) -> ConnectionSettings:
+    def _make_settings(self, conn: Any, extra: dict | None = None) -> ConnectionSettings:
         if conn.conn_type and conn.conn_type != self.conn_type:
             self.log.warning(
                 "Connection %r has type %r, expected %r; using it anyway",
@@ -187,7 +188,7 @@ class ApicoreHook(BaseHook):
                 conn.conn_type,
                 self.conn_type,
             )
-        return ConnectionSettings.from_connection(conn, self._timeout, self._max_retries)
+        return ConnectionSettings.from_connection(conn, self._timeout, self._max_retries, extra)
 
     @property
     def base_url(self) -> str:

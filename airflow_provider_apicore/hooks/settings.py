@@ -38,8 +38,18 @@ class ConnectionSettings:
 
     @classmethod
     def from_connection(
-        cls, conn: Any, timeout: float | None = None, max_retries: int | None = None
+        cls,
+        conn: Any,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        extra: dict | None = None,
     ) -> ConnectionSettings:
+        """
+        Check a connection's fields.
+
+        :param extra: the connection's extras, already decoded (async callers read them with
+            ``aextra_dejson`` so that no blocking masking call runs in the event loop)
+        """
         conn_id = conn.conn_id
         token = (conn.password or "").strip()
         if not token:
@@ -48,7 +58,7 @@ class ConnectionSettings:
                 "password field."
             )
         base_url = _base_url(conn)
-        extra = conn.extra_dejson or {}
+        extra = (conn.extra_dejson if extra is None else extra) or {}
         timeout = _positive(
             timeout if timeout is not None else _extra(extra, "timeout", DEFAULT_TIMEOUT), "timeout", conn_id
         )

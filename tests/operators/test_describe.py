@@ -104,7 +104,6 @@ def test_bad_images_fail_before_any_request(tmp_path, apicore_conn, setup, error
         ({"notify_hook": "ftp://example.com/hook"}, "notifyHook"),
         ({"notify_hook": "https://"}, "notifyHook"),
         ({"state": "x" * 5000}, "state"),
-        ({"bot_type": "DALL_E"}, "botType"),
     ],
 )
 def test_payload_rule_violations_name_the_field_and_send_nothing(png_file, apicore_conn, kwargs, field):
@@ -113,6 +112,11 @@ def test_payload_rule_violations_name_the_field_and_send_nothing(png_file, apico
         op.execute({"ti": FakeTI()})
     assert info.value.field == field and field in str(info.value)
     assert apicore_conn.stats()["requests"].get("submit", 0) == 0
+
+
+def test_bot_type_typo_fails_when_the_dag_is_parsed():
+    with pytest.raises(ApicoreConfigError, match="bot_type must be 'MID_JOURNEY' or 'NIJI_JOURNEY'"):
+        MJDescribeOperator(task_id="d", image="x.png", bot_type="DALL_E")
 
 
 def test_image_over_the_size_limit_is_refused_with_the_limit(png_file, apicore_conn):
@@ -141,7 +145,7 @@ def test_queue_full_is_resubmitted_with_backoff_then_gives_up(png_file, apicore_
     apicore_conn.configure(faults={"queue_full": 1.0})
     op = MJDescribeOperator(task_id="d", image=str(png_file), queue_full_retries=2)
     with (
-        mock.patch("airflow_provider_apicore.operators.describe.time.sleep") as sleep,
+        mock.patch("airflow_provider_apicore.hooks.apicore.time.sleep") as sleep,
         pytest.raises(ApicoreQueueFullError, match="code 23"),
     ):
         op.execute({"ti": FakeTI()})
@@ -177,7 +181,7 @@ def test_fanout_dag_run_pushes_each_emulator_task_id_and_never_logs_the_token(
 
     # `airflow dags test` prints task logs to its output; any log files go under logs/.
     logs = [p.read_text(errors="replace") for p in (airflow_home / "logs").rglob("*") if p.is_file()]
-    assert "Describing" in run.output and "image/png" in run.output, "task logs are in the output"
+    assert "describing" in run.output and "image/png" in run.output, "task logs are in the output"
     for text in [run.output, *logs]:
         assert emulator.token not in text
     assert emulator.token not in json.dumps(list(run.xcoms.values()), default=str)

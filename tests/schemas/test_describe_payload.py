@@ -72,8 +72,8 @@ def test_http_and_https_hooks_with_a_host_are_accepted(hook: str) -> None:
     validate_describe_payload({"base64": PNG_URL, "notifyHook": hook})
 
 
-def test_state_of_exactly_1024_characters_is_accepted() -> None:
-    validate_describe_payload({"base64": PNG_URL, "state": "s" * 1024})
+def test_state_of_exactly_255_characters_is_accepted() -> None:
+    validate_describe_payload({"base64": PNG_URL, "state": "s" * 255})
 
 
 # ---------------------------------------------------------------- rejected payloads
@@ -127,10 +127,10 @@ def test_state_of_exactly_1024_characters_is_accepted() -> None:
         (
             {"base64": PNG_URL, "notifyHook": "https://example.com/" + "a" * 2100},
             "notifyHook",
-            "must be at most 2048 characters (got 2120)",
+            "must be at most 2000 characters (got 2120)",
         ),
         ({"base64": PNG_URL, "state": 7}, "state", "must be a string; got integer"),
-        ({"base64": PNG_URL, "state": "x" * 5000}, "state", "must be at most 1024 characters (got 5000)"),
+        ({"base64": PNG_URL, "state": "x" * 5000}, "state", "must be at most 255 characters (got 5000)"),
         ({"base64": PNG_URL, "botType": "midjourney"}, "botType", "must be one of MID_JOURNEY, NIJI_JOURNEY"),
         ({"base64": PNG_URL, "botType": None}, "botType", "must be a string; got null"),
     ],
