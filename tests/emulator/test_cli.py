@@ -80,6 +80,35 @@ def test_environment_sets_fault_knobs_and_flags_override_it():
     assert server["port"] == 0
 
 
+def test_gateway_and_after_faults_from_flags_and_environment():
+    environ = {"APICORE_EMULATOR_GATEWAY": "1", "APICORE_EMULATOR_HTML_ERROR_AFTER": "0.1"}
+    args = build_parser().parse_args(["--gateway-refresh", "0.5", "--http-5xx-after", "0.2"])
+    _, config = resolve(args, environ)
+    assert config.gateway is True and config.gateway_refresh == 0.5
+    assert config.faults.http_5xx_after == 0.2 and config.faults.html_error_after == 0.1
+    _, default = resolve(build_parser().parse_args([]), {})
+    assert default.gateway is False and default.dedupe is False and default.gateway_refresh == 15.0
+
+
+def test_help_documents_the_gateway_and_the_after_faults():
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_apicore.emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    assert result.returncode == 0
+    for flag in (
+        "--gateway ",
+        "--gateway-refresh",
+        "--http-5xx-after",
+        "--html-error-after",
+        "task_no_found",
+    ):
+        assert flag in result.stdout, flag
+
+
 def test_switches_given_alone_mean_true():
     _, config = resolve(build_parser().parse_args(["--token-expired", "--stuck-holds-slot"]), {})
     assert config.faults.token_expired is True and config.faults.stuck_holds_slot is True
