@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from airflow_provider_apicore.emulator.billing import install_billing
 from airflow_provider_apicore.emulator.config import EmulatorConfig
 from airflow_provider_apicore.emulator.errors import EmulatorConfigError
+from airflow_provider_apicore.emulator.family import add_family_routes
 from airflow_provider_apicore.emulator.gate import guard
 from airflow_provider_apicore.emulator.imageinfo import analyze_image
 from airflow_provider_apicore.emulator.state import EmulatorState
@@ -235,4 +236,6 @@ def create_app(config: EmulatorConfig | None = None) -> FastAPI:
             return JSONResponse({"error": {"message": f"no image {name}", "type": "not_found"}}, 404)
         return Response(task.image, media_type=task.mime)
 
+    # The rest of the Midjourney family (imagine, action, modal, blend, shorten, face swap, seed).
+    add_family_routes(app, state)
     return app

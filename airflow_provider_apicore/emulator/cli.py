@@ -77,6 +77,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("progress_step", int, "config", "progress is reported in steps of this many percent (default 10)"),
     Option("notify_timeout", float, "config", "seconds allowed per notifyHook POST (default 2.0)"),
     Option("notify_workers", int, "config", "notifyHook POSTs in flight at once (default 8)"),
+    Option("remix", _bool, "config", "variation, reroll and pan wait for /mj/submit/modal (MODAL)"),
     Option(
         "dedupe",
         _bool,

@@ -42,6 +42,9 @@ class EmulatorConfig:
     :param gateway_refresh: seconds between two refreshes of the gateway's copy (new-api: 15).
     :param gateway_task_timeout: seconds after which the gateway marks a task it still sees
         unfinished FAILURE (new-api: one hour).
+    :param remix: the account has remix on: variation, reroll and pan buttons answer code 21
+        "Waiting for window confirm" and wait in status MODAL for ``/mj/submit/modal``, as
+        Custom Zoom and Vary (Region) always do (a request's ``enableRemix: true`` does the same).
     :param faults: fault injection knobs, see :class:`FaultConfig`.
     """
 
@@ -55,6 +58,7 @@ class EmulatorConfig:
     notify_timeout: float = 2.0
     notify_workers: int = 8
     dedupe: bool = False
+    remix: bool = False
     gateway: bool = False
     gateway_refresh: float = 15.0
     gateway_task_timeout: float = 3600.0
@@ -82,6 +86,8 @@ class EmulatorConfig:
                 raise EmulatorConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         require_number("gateway_refresh", self.gateway_refresh, minimum=0.01)
         require_number("gateway_task_timeout", self.gateway_task_timeout, minimum=0.0)
+        if not isinstance(self.remix, bool):
+            raise EmulatorConfigError(f"remix must be true or false, got {self.remix!r}")
         self.faults.validate()
 
     def to_dict(self) -> dict[str, Any]:

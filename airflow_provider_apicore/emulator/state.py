@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from airflow_provider_apicore.emulator.buttons import describe_buttons
 from airflow_provider_apicore.emulator.config import EmulatorConfig
 from airflow_provider_apicore.emulator.describe import describe_text
 from airflow_provider_apicore.emulator.faults import ENDPOINTS, FAULT_KINDS, FaultDecider, TaskFate
@@ -22,8 +23,10 @@ NOT_START = "NOT_START"
 SUBMITTED = "SUBMITTED"
 IN_PROGRESS = "IN_PROGRESS"
 SUCCESS = "SUCCESS"
+MODAL = "MODAL"
+MODAL = "MODAL"
 FAILURE = "FAILURE"
-STATUSES = (NOT_START, SUBMITTED, IN_PROGRESS, "MODAL", SUCCESS, FAILURE, "CANCEL")
+STATUSES = (NOT_START, SUBMITTED, IN_PROGRESS, MODAL, SUCCESS, FAILURE, "CANCEL")
 
 DISCORD_CHANNEL_ID = "1278921806769815617"
 DISCORD_INSTANCE_ID = "1550471212151513088"
@@ -122,8 +125,15 @@ class Task:
                 "notifyHook": self.notify_hook,
                 "discordInstanceId": DISCORD_INSTANCE_ID,
             },
-            "buttons": [],
+            "buttons": describe_buttons() if self.status == SUCCESS else [],
         }
+
+    def complete(self) -> str | None:
+        """Fill in the result of a job that ran to its end; a returned text fails it with that reason."""
+        if self.info.format is None:
+            return UNREADABLE_IMAGE_REASON
+        self.prompt = describe_text(self.info)
+        return None
 
 
 class EmulatorState:
@@ -212,16 +222,49 @@ class EmulatorState:
         """
         Accept, queue or refuse one DESCRIBE submission.
 
-        :return: the submit answer (code 1, 22 or 23).
+        :return: the submit answer (code 1, 21, 22 or 23).
+        """
+
+        def build(task_id: str, fate: TaskFate) -> Task:
+            return Task(
+                task_id,
+                image=image,
+                mime=mime,
+                suffix=suffix,
+                info=info,
+                state=state,
+                notify_hook=notify_hook,
+                fate=fate,
+                public_base=public_base,
+            )
+
+        return self.submit_task(build, dedupe_key=info.sha256)
+
+    def submit_task(
+        self,
+        build: Callable[[str, TaskFate], Task],
+        *,
+        dedupe_key: str | None = None,
+        hold: bool = False,
+    ) -> dict[str, Any]:
+        """
+        Accept, queue or refuse one job of any kind (the one lifecycle every endpoint shares).
+
+        :param build: makes the task from its new id and fate.
+        :param dedupe_key: what makes two submissions the same job when ``dedupe`` is on (the
+            image SHA-256 for DESCRIBE); None: never deduplicated.
+        :param hold: keep the new task in status MODAL, outside the queue, until
+            :meth:`release_modal` (no queue or capacity check: nothing runs yet).
+        :return: the submit answer (code 1, 21, 22 or 23); for ``hold`` code 1 with the new id.
         """
         properties = {"discordChannelId": DISCORD_CHANNEL_ID, "discordInstanceId": DISCORD_INSTANCE_ID}
         config = self.config
-        if self.decider.queue_full(config.faults):
+        if not hold and self.decider.queue_full(config.faults):
             self.faults_injected["queue_full"] += 1
             self.reject(23)
             return {"code": 23, "description": QUEUE_FULL, "result": None, "properties": properties}
-        if config.dedupe:
-            earlier = self.task_by_hash.get(info.sha256)
+        if config.dedupe and dedupe_key is not None:
+            earlier = self.task_by_hash.get(dedupe_key)
             if earlier is not None and earlier.id in self.tasks and earlier.status not in (FAILURE, "CANCEL"):
                 self.submissions_existed += 1
                 return {
@@ -230,35 +273,52 @@ class EmulatorState:
                     "result": earlier.id,
                     "properties": properties,
                 }
-        active = len(self.running) + len(self.queue)
-        if active >= config.concurrency + config.queue_size:
+        if not hold and self._full():
             self.reject(23)
             return {"code": 23, "description": QUEUE_FULL, "result": None, "properties": properties}
 
-        task = Task(
-            self._new_id(),
-            image=image,
-            mime=mime,
-            suffix=suffix,
-            info=info,
-            state=state,
-            notify_hook=notify_hook,
-            fate=self.decider.task_fate(config.faults),
-            public_base=public_base,
-        )
+        task = build(self._new_id(), self.decider.task_fate(config.faults))
         self.tasks[task.id] = task
-        self.by_state_tag.setdefault(state, []).append(task)
-        self.status_counts[NOT_START] += 1
+        self.by_state_tag.setdefault(task.state, []).append(task)
+        self.status_counts[task.status] += 1
         self.tasks_created += 1
         self.submissions_accepted += 1
-        seen = self.image_hashes.get(info.sha256, 0)
-        if seen:
-            self.duplicate_submissions += 1
-        self.image_hashes[info.sha256] = seen + 1
-        self.task_by_hash[info.sha256] = task
-        self.fresh.append(task)
+        if dedupe_key is not None:
+            seen = self.image_hashes.get(dedupe_key, 0)
+            if seen:
+                self.duplicate_submissions += 1
+            self.image_hashes[dedupe_key] = seen + 1
+            self.task_by_hash[dedupe_key] = task
+        if hold:
+            self._set_status(task, MODAL)
+            self._emit(task)
+            return {"code": 1, "description": SUBMIT_SUCCESS, "result": task.id, "properties": properties}
+        return self._enqueue(task, properties)
 
-        if len(self.running) < config.concurrency and not self.queue:
+    def release_modal(self, task: Task) -> dict[str, Any]:
+        """
+        Queue a task held in MODAL (``/mj/submit/modal``), or refuse it when the queue is full.
+
+        :return: the submit answer (code 1 or 22 with the same task id, or 23).
+        """
+        properties = {"discordChannelId": DISCORD_CHANNEL_ID, "discordInstanceId": DISCORD_INSTANCE_ID}
+        if self.decider.queue_full(self.config.faults):
+            self.faults_injected["queue_full"] += 1
+            self.reject(23)
+            return {"code": 23, "description": QUEUE_FULL, "result": None, "properties": properties}
+        if self._full():
+            self.reject(23)
+            return {"code": 23, "description": QUEUE_FULL, "result": None, "properties": properties}
+        self._set_status(task, NOT_START)
+        return self._enqueue(task, properties)
+
+    def _full(self) -> bool:
+        return len(self.running) + len(self.queue) >= self.config.concurrency + self.config.queue_size
+
+    def _enqueue(self, task: Task, properties: dict[str, Any]) -> dict[str, Any]:
+        """Give a NOT_START task a slot or a place in the queue; the answer reports which."""
+        self.fresh.append(task)
+        if len(self.running) < self.config.concurrency and not self.queue:
             self.running[task.id] = task
             answer = {"code": 1, "description": SUBMIT_SUCCESS, "result": task.id, "properties": properties}
         else:
@@ -401,10 +461,8 @@ class EmulatorState:
                 self._finish(task, FAILURE, fate.fail_reason)
             return
         if fraction >= 1.0:
-            if task.info.format is None:
-                self._finish(task, FAILURE, UNREADABLE_IMAGE_REASON)
-            else:
-                self._finish(task, SUCCESS, None)
+            reason = task.complete()
+            self._finish(task, FAILURE if reason else SUCCESS, reason)
             return
         step = self.config.progress_step
         progress = f"{min(99, int(fraction * 100) // step * step)}%"
@@ -417,7 +475,6 @@ class EmulatorState:
         task.finish_time = max(now_ms(), task.start_time or 0)
         if status == SUCCESS:
             task.progress = "100%"
-            task.prompt = describe_text(task.info)
         task.fail_reason = fail_reason
         self._set_status(task, status)
         self._emit(task)
