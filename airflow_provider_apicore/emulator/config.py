@@ -32,9 +32,10 @@ class EmulatorConfig:
     :param notify_timeout: seconds allowed for one notifyHook POST.
     :param notify_workers: notifyHook POSTs in flight at once.
     :param dedupe: answer code 21 ("task already exists") with the earlier task's id when the same
-        image bytes are submitted again while that task is known and has not failed, as gateways
-        that deduplicate do. Off by default: every accepted image then starts a job, and
-        ``duplicate_submissions`` counts the repeats.
+        image bytes are submitted again while that task is known and has not failed. Off by
+        default, as on the real servers (midjourney-proxy never answers 21 to a describe, and
+        new-api rewrites 21 to 1): every accepted image then starts a paid job, and
+        ``duplicate_submissions`` / ``duplicate_jobs`` count the repeats.
     :param gateway: answer like the new-api gateway in front of the proxy (see
         :mod:`airflow_provider_apicore.emulator.gateway`): codes 21/22 rewritten to 1, fetch and
         list from a copy refreshed every ``gateway_refresh`` seconds, ``task_no_found`` as HTTP 400,
