@@ -3,8 +3,9 @@ The fan-out pattern: one mapped ``MJDescribeOperator`` per image, then one task 
 
 :func:`images_for_mapping` lists the images (refusing, with advice, more than Airflow can map) and
 :func:`write_fanout_results` turns the mapped tasks' results into the same manifest records
-:class:`~airflow_provider_apicore.operators.batch_describe.MJBatchDescribeOperator` writes, plus one
-caption file per image.
+:class:`~airflow_provider_apicore.operators.batch_describe.MJBatchDescribeOperator` writes, plus the
+training-set outputs of :mod:`airflow_provider_apicore.outputs` (caption sidecars, ImageFolder
+``metadata.jsonl``, Parquet, ``_stats.json``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from airflow_provider_apicore.manifest import (
     apply_task,
     now_ms,
     to_storage_path,
-    write_captions,
     write_manifest,
 )
+from airflow_provider_apicore.outputs import STATS_NAME, write_training_outputs
 
 _HASH_CHUNK = 1024 * 1024
 
@@ -142,9 +143,15 @@ def write_fanout_results(
     root: str | os.PathLike | ObjectStoragePath | None = None,
     strip_parameters: bool = False,
     apicore_conn_id: str = ApicoreHook.default_conn_name,
+    caption_extension: str | None = ".txt",
+    captions_next_to_images: bool = False,
+    imagefolder_metadata: bool = False,
+    parquet_path: str | os.PathLike | ObjectStoragePath | None = None,
+    stats: bool = True,
 ) -> dict[str, Any]:
     """
-    Write ``manifest.jsonl`` (one record per image) and one caption ``.txt`` per described image.
+    Write ``manifest.jsonl`` (one record per image), one caption per described image and the other
+    training-set outputs asked for (see :func:`~airflow_provider_apicore.outputs.write_training_outputs`).
 
     :param images: the mapped images, in map-index order
     :param results: each mapped task's result (None where it failed)
@@ -154,19 +161,41 @@ def write_fanout_results(
     :param root: the listed directory; captions mirror the images' paths under it
     :param strip_parameters: drop trailing Midjourney parameters (``--ar 4:3``) from captions
     :param apicore_conn_id: connection used to look up failed tasks
+    :param caption_extension: ``.txt`` or ``.caption`` (kohya-style sidecars); None: no captions
+    :param captions_next_to_images: write the captions next to the images (under ``root``) instead of
+        mirrored under ``output_dir``
+    :param imagefolder_metadata: write a Hugging Face ImageFolder ``metadata.jsonl`` at ``root``
+    :param parquet_path: also write the records as Parquet there (needs the ``parquet`` extra)
+    :param stats: write ``_stats.json`` into ``output_dir``
     :return: a small summary for XCom
     """
     records = fanout_records(images, results, task_ids, apicore_conn_id)
     out = to_storage_path(output_dir)
     manifest = out / MANIFEST_NAME
     write_manifest(manifest, records)
-    captions = write_captions(
-        records, out, root=root, caption_prompt=caption_prompt, strip_parameters=strip_parameters
+    outputs = write_training_outputs(
+        records,
+        root,
+        output_dir=out,
+        caption_extension=caption_extension,
+        captions_next_to_images=captions_next_to_images,
+        imagefolder_metadata=imagefolder_metadata,
+        parquet_path=parquet_path,
+        stats_path=out / STATS_NAME if stats else None,
+        caption_prompt=caption_prompt,
+        strip_parameters=strip_parameters,
+        manifest_path=manifest,
     )
-    return {
+    summary: dict[str, Any] = {
         "manifest": str(manifest),
         "images": len(records),
         "succeeded": sum(1 for r in records if r.status == SUCCESS),
         "failed": sum(1 for r in records if r.status in FAILED_STATUSES),
-        "captions": captions["written"],
+        "captions": outputs.get("captions", {}).get("written", 0),
     }
+    for key in ("imagefolder_metadata", "parquet"):
+        if key in outputs:
+            summary[key] = outputs[key]["path"]
+    if "stats" in outputs:
+        summary["stats"] = outputs["stats"]
+    return summary

@@ -16,7 +16,7 @@ from airflow_provider_apicore.images import load_image, to_data_url
 from airflow_provider_apicore.manifest import REJECTED, ManifestRecord, apply_task
 from airflow_provider_apicore.models import MJTask
 from airflow_provider_apicore.results import describe_result
-from tests.helpers.imagegen import make_gif, make_png
+from tests.helpers.imagegen import make_gif, make_jpeg, make_png
 
 PROMPT = (
     "1\ufe0f\u20e3 a red square --ar 1:1\n\n2\ufe0f\u20e3 b --ar 1:1\n\n3\ufe0f\u20e3 c\n\n4\ufe0f\u20e3 d"
@@ -132,6 +132,7 @@ def test_write_fanout_results_writes_the_manifest_and_one_caption_per_described_
         "succeeded": 1,
         "failed": 1,
         "captions": 1,
+        "stats": str(out / "_stats.json"),
     }
     entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     # The keys `make demo` prints from.
@@ -139,3 +140,41 @@ def test_write_fanout_results_writes_the_manifest_and_one_caption_per_described_
     assert [e["status"] for e in entries] == ["SUCCESS", REJECTED]
     assert (out / "sub" / "Cat photo.txt").read_text() == "a red square --ar 1:1\n"
     assert not (out / "dog.txt").exists()
+
+
+def test_write_fanout_results_writes_the_training_set_outputs_asked_for(tmp_path):
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    src.mkdir()
+    png, jpg, failed = src / "cat.png", src / "cat.jpg", src / "dog.gif"
+    png.write_bytes(make_png(5, 5))
+    jpg.write_bytes(make_jpeg("fan-out"))
+    failed.write_bytes(make_gif())
+    out = tmp_path / "out"
+    summary = write_fanout_results(
+        [str(png), str(jpg), str(failed)],
+        [_success("1700000000000001"), _success("1700000000000002"), None],
+        str(out),
+        task_ids=[None, None, None],
+        root=str(src),
+        caption_extension=".caption",
+        captions_next_to_images=True,
+        imagefolder_metadata=True,
+        parquet_path=str(out / "captions.parquet"),
+        strip_parameters=True,
+    )
+    assert summary["captions"] == 2
+    # cat.png and cat.jpg share a stem: both captions keep the full name, neither overwrites the other.
+    assert (src / "cat.png.caption").read_text() == "a red square\n"
+    assert (src / "cat.jpg.caption").read_text() == "a red square\n"
+    assert not (src / "cat.caption").exists() and not list(out.glob("*.caption"))
+    lines = [json.loads(line) for line in (src / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(line["file_name"] for line in lines) == ["cat.jpg", "cat.png"]
+    assert summary["imagefolder_metadata"] == str(src / "metadata.jsonl")
+    table = pq.read_table(out / "captions.parquet").to_pylist()
+    assert [row["status"] for row in table] == ["SUCCESS", "SUCCESS", REJECTED]
+    assert table[0]["task_id"] == "1700000000000001" and table[0]["sha256"]
+    stats = json.loads((out / "_stats.json").read_text())
+    assert (stats["succeeded"], stats["failed"], stats["manifest"]) == (2, 1, str(out / "manifest.jsonl"))
