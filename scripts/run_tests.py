@@ -1,9 +1,9 @@
 """
 `make test`: the whole test suite, tier by tier, with each tier's duration.
 
-Tiers: unit + end-to-end DAG runs against the emulator, the fault/soak tier, and the integration tier
-(real Airflow services). pytest's "no tests collected" (exit 5) counts as a failure of the tier: a
-tier that runs nothing proves nothing.
+Tiers: unit + end-to-end DAG runs against the emulator, the fault/soak tier, the integration tier
+(real Airflow services) and the distributed tier (CeleryExecutor, Redis, S3 on moto). pytest's "no
+tests collected" (exit 5) counts as a failure of the tier: a tier that runs nothing proves nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import sys
 import time
 
 TIERS = [
-    ("unit + e2e", ["-m", "not soak and not integration"]),
+    ("unit + e2e", ["-m", "not soak and not integration and not distributed"]),
     ("soak", ["-m", "soak"]),
     ("integration", ["-m", "integration"]),
+    ("distributed", ["-m", "distributed"]),
 ]
 
 
