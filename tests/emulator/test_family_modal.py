@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from airflow_provider_apicore.emulator.cli import build_parser, resolve
 from tests.emulator.family_support import (
     act,
     answer,
@@ -197,3 +198,9 @@ def test_imagine_all_and_retry_on_a_describe(api, png):
     assert retry["action"] == "DESCRIBE" and retry["prompt"] == described["prompt"]
     unknown = act(api, described, "MJ::Job::PicReader::5")
     assert unknown["code"] == 4 and unknown["description"] == "未知的 Action 类型"
+
+
+def test_remix_is_a_command_line_option_and_an_environment_variable():
+    assert resolve(build_parser().parse_args([]), {})[1].remix is False
+    assert resolve(build_parser().parse_args(["--remix", "true"]), {})[1].remix is True
+    assert resolve(build_parser().parse_args([]), {"APICORE_EMULATOR_REMIX": "1"})[1].remix is True
