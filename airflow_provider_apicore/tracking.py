@@ -125,20 +125,65 @@ class TaskTracker:
     def seconds_left(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - self._clock())
 
-    def event(self) -> dict[str, Any]:
+    def event(self, carry_results: bool = True) -> dict[str, Any]:
         """
         A JSON-serialisable summary: what a trigger yields and what :func:`results.outcome` reads.
 
         ``status`` is ``done`` when nothing is pending, else ``timeout``.
+
+        :param carry_results: include what result mappers need of finished tasks (see
+            :func:`compact_task`); ``False`` keeps only status, progress and failReason per id, for
+            callers that fetch the finished tasks themselves (the batch, thousands of ids at a time).
         """
         return {
             "status": EVENT_DONE if self.done else EVENT_TIMEOUT,
             "task_ids": list(self._all),
-            "tasks": {task_id: task.raw or _minimal(task) for task_id, task in self.latest.items()},
+            "tasks": {task_id: compact_task(task, carry_results) for task_id, task in self.latest.items()},
             "not_found": sorted(self.not_found),
             "pending": self.pending,
         }
 
 
-def _minimal(task: MJTask) -> dict[str, Any]:
-    return {"id": task.id, "status": task.status.value, "progress": task.progress}
+#: Fields of a finished task that results need (the rest, e.g. the prompt three times over, stays out
+#: of events: a trigger event is stored in the metadata database).
+_RESULT_FIELDS = (
+    "action",
+    "state",
+    "submitTime",
+    "startTime",
+    "finishTime",
+    "imageUrl",
+    "imageUrls",
+    "failReason",
+    "buttons",
+    "description",
+)
+
+
+def compact_task(task: MJTask, carry_results: bool = True) -> dict[str, Any]:
+    """
+    A task as a trigger event carries it: status and progress while running; once finished, what the
+    result mappers read, with the prompt text once (as ``properties.finalPrompt``), or with
+    ``carry_results=False`` only the ``failReason``.
+    """
+    small: dict[str, Any] = {"id": task.id, "status": task.status.value, "progress": task.progress}
+    if not task.is_terminal:
+        return small
+    if not carry_results:
+        if task.fail_reason:
+            small["failReason"] = task.fail_reason
+        return small
+    raw = task.raw or {}
+    for key in _RESULT_FIELDS:
+        if raw.get(key) not in (None, "", [], {}):
+            small[key] = raw[key]
+    properties = {}
+    final = task.final_prompt
+    if final:
+        properties["finalPrompt"] = final
+    for key in ("bannedWord", "messageHash", "finalZhPrompt"):
+        if task.properties.get(key):
+            properties[key] = task.properties[key]
+    if properties:
+        small["properties"] = properties
+    return small

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from airflow_provider_apicore.models import MJTask
+from airflow_provider_apicore.results import describe_result
 from airflow_provider_apicore.tracking import EVENT_DONE, EVENT_TIMEOUT, TaskTracker
 
 
@@ -136,14 +137,39 @@ def test_timeout_event_lists_pending_ids_with_their_last_status():
     assert event["task_ids"] == ["done", "stuck", "never"]
 
 
-def test_event_is_json_and_carries_the_raw_task_objects():
-    raw = {"id": "a", "status": "SUCCESS", "progress": "100%", "prompt": "1️⃣ a cat", "buttons": []}
-    tracker = TaskTracker(["a"])
-    tracker.update([MJTask.from_json(raw)])
+def test_event_is_json_and_carries_what_results_need_once():
+    text = "1️⃣ a cat --ar 1:1"
+    raw = {
+        "id": "a",
+        "status": "SUCCESS",
+        "progress": "100%",
+        "prompt": text,
+        "promptEn": text,
+        "properties": {"finalPrompt": text, "notifyHook": "https://h/x", "discordInstanceId": "9"},
+        "imageUrl": "http://x/a.png",
+        "buttons": [],
+        "submitTime": 1,
+        "finishTime": 2,
+    }
+    tracker = TaskTracker(["a", "b"])
+    tracker.update(
+        [MJTask.from_json(raw), MJTask.from_json({"id": "b", "status": "IN_PROGRESS", "prompt": text})]
+    )
     event = tracker.event()
     assert json.loads(json.dumps(event)) == event
-    assert event["tasks"]["a"] == raw
-    assert event == {"status": "done", "task_ids": ["a"], "tasks": {"a": raw}, "not_found": [], "pending": []}
+    assert event["tasks"]["a"] == {
+        "id": "a",
+        "status": "SUCCESS",
+        "progress": "100%",
+        "imageUrl": "http://x/a.png",
+        "submitTime": 1,
+        "finishTime": 2,
+        "properties": {"finalPrompt": text},
+    }
+    assert json.dumps(event, ensure_ascii=False).count("a cat") == 1, "the prompt travels once"
+    assert event["tasks"]["b"] == {"id": "b", "status": "IN_PROGRESS", "progress": None}
+    # The compact task gives the same result as the full one.
+    assert describe_result(MJTask.from_json(event["tasks"]["a"])) == describe_result(MJTask.from_json(raw))
 
 
 def test_add_follows_new_ids_without_reopening_finished_ones():

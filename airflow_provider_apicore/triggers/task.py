@@ -32,6 +32,9 @@ class MJTaskTrigger(BaseTrigger):
     :param min_finished: return as soon as this many ids are finished or gone, even if others are
         still pending (event status ``partial``). The batch operator uses it to get back to submitting
         once enough slots are free. ``None``: wait for all.
+    :param carry_results: put what results need of each finished task in the event (the prompt text
+        once); ``False``: only status, progress and failReason per id, for callers that fetch finished
+        tasks themselves. Events are stored in the metadata database.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class MJTaskTrigger(BaseTrigger):
         poll_interval: float = 5.0,
         end_time: float | None = None,
         min_finished: int | None = None,
+        carry_results: bool = True,
     ) -> None:
         super().__init__()
         self.task_ids = [str(i) for i in task_ids]
@@ -48,6 +52,8 @@ class MJTaskTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.end_time = end_time
         self.min_finished = min_finished
+        self.carry_results = carry_results
+        self._tracker: TaskTracker | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         kwargs: dict[str, Any] = {
@@ -58,12 +64,30 @@ class MJTaskTrigger(BaseTrigger):
         }
         if self.min_finished is not None:
             kwargs["min_finished"] = self.min_finished
+        if not self.carry_results:
+            kwargs["carry_results"] = False
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
+
+    async def on_kill(self) -> None:
+        """
+        A user killed the deferred task (mark failed, clear). APICore has no cancel endpoint: the jobs
+        keep running upstream and are billed; say which, so that a person can find them.
+        """
+        pending = self._tracker.pending if self._tracker is not None else self.task_ids
+        self.log.warning(
+            "Task killed while following %d Midjourney task(s) %s; APICore cannot cancel them, they run to "
+            "their end upstream",
+            len(pending),
+            ", ".join(pending[:20]) + (" ..." if len(pending) > 20 else ""),
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = ApicoreHook(apicore_conn_id=self.apicore_conn_id)
+        # The deadline was computed on a worker: another host's clock. Whatever the skew, the first
+        # poll happens (the tracker asks once before it can time out), so a skewed clock costs at most
+        # one early "timeout" answer, never a defer/resume loop: the operators do not defer again.
         timeout = None if self.end_time is None else max(0.0, self.end_time - time.time())
-        tracker = TaskTracker(self.task_ids, timeout=timeout)
+        tracker = self._tracker = TaskTracker(self.task_ids, timeout=timeout)
         try:
             while True:
                 # Wait first: whoever deferred has just submitted or checked these tasks. Polling at
@@ -80,13 +104,13 @@ class MJTaskTrigger(BaseTrigger):
                         len(self.task_ids) - len(tracker.pending),
                         len(tracker.pending),
                     )
-                    event = tracker.event()
+                    event = tracker.event(self.carry_results)
                     if enough and not tracker.done and not tracker.timed_out:
                         event["status"] = EVENT_PARTIAL
                     yield TriggerEvent(event)
                     return
         except ApicoreError as err:
-            event = tracker.event()
+            event = tracker.event(self.carry_results)
             event.update(status=EVENT_ERROR, message=str(err))
             yield TriggerEvent(event)
         finally:

@@ -15,7 +15,7 @@ from airflow.sdk.bases.hook import BaseHook
 from airflow.sdk.serde import deserialize, serialize
 
 from airflow_provider_apicore.exceptions import TaskNotFoundError, TaskTimeoutError
-from airflow_provider_apicore.hooks import apicore as hook_module
+from airflow_provider_apicore.hooks import transport as hook_module
 from airflow_provider_apicore.hooks.apicore import ApicoreHook
 from airflow_provider_apicore.results import describe_result, outcome
 from airflow_provider_apicore.triggers.task import MJTaskTrigger
@@ -226,8 +226,19 @@ def test_run_makes_no_blocking_calls_on_the_event_loop(apicore_conn, monkeypatch
     monkeypatch.setattr(
         BaseHook, "get_connection", staticmethod(forbid("get_connection", BaseHook.get_connection))
     )
-    for name in ("_request", "list_tasks", "fetch_task", "wait_for_tasks"):
-        monkeypatch.setattr(ApicoreHook, name, forbid(name, getattr(ApicoreHook, name)))
+    for name in ("list_tasks", "fetch_task", "wait_for_tasks", "settings"):
+        original = getattr(ApicoreHook, name)
+        if isinstance(original, property):
+            monkeypatch.setattr(ApicoreHook, name, property(forbid(name, original.fget)))
+        else:
+            monkeypatch.setattr(ApicoreHook, name, forbid(name, original))
+    monkeypatch.setattr(hook_module.Transport, "request", forbid("request", hook_module.Transport.request))
+    # Reading extras synchronously runs a blocking masking round trip (extra_dejson); aextra_dejson does not.
+    from airflow.sdk.definitions.connection import Connection
+
+    monkeypatch.setattr(
+        Connection, "extra_dejson", property(forbid("extra_dejson", Connection.extra_dejson.fget))
+    )
 
     async def run() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
