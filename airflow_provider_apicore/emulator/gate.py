@@ -58,6 +58,8 @@ TRUNCATED = {
 MODE_PREFIX = re.compile(r"/(?P<mode>[^/]+)(?P<rest>/mj/.*)", re.DOTALL)
 PROXY_MODES = ("mj-fast", "mj-relax", "mj-turbo")
 IMAGE_PREFIX = "/mj/image/"
+#: Routes behind the gateway's read-only token auth (``TokenAuthReadOnly``): exhausted tokens pass.
+READ_ONLY_PATHS = frozenset({"/api/usage/token/", "/api/usage/token"})
 # Fields new-api removes from a submit body with its default settings.
 GATEWAY_DROPPED_FIELDS = ("notifyHook", "accountFilter")
 GATEWAY_TOKEN_MESSAGES = {
@@ -255,14 +257,16 @@ async def guard(state: EmulatorState, scope: Scope, receive: Receive, send: Send
 
     token = ""
     if not (gateway and method == "GET" and path.startswith(IMAGE_PREFIX)):  # no token needed
-        problem, message = _token_problem(state, bearer_token(scope))
+        problem, message = _token_problem(state, bearer_token(scope), read_only=path in READ_ONLY_PATHS)
         if problem is not None:
             state.unauthorized += 1
             if problem == "expired":
                 state.faults_injected["token_expired"] += 1
             await drain_request(receive)
             proxy_body = {"error": {"message": message, "type": "unauthorized"}}
-            await send_json(send, 401, token_error(message) if gateway else proxy_body)
+            # An exhausted token is the gateway's refusal (the proxy has no balance): its shape always.
+            gateway_shape = gateway or problem == "exhausted"
+            await send_json(send, 401, token_error(message) if gateway_shape else proxy_body)
             return
         token = bearer_token(scope) or ""
 
@@ -308,8 +312,14 @@ async def guard(state: EmulatorState, scope: Scope, receive: Receive, send: Send
         state.submit_answers_delivered += 1
 
 
-def _token_problem(state: EmulatorState, token: str | None) -> tuple[str | None, str]:
-    """``(kind, message)`` of what is wrong with a token, or ``(None, "")``."""
+def _token_problem(
+    state: EmulatorState, token: str | None, read_only: bool = False
+) -> tuple[str | None, str]:
+    """
+    ``(kind, message)`` of what is wrong with a token, or ``(None, "")``.
+
+    :param read_only: the route has the gateway's read-only token auth, which accepts exhausted tokens
+    """
     messages = GATEWAY_TOKEN_MESSAGES if state.config.gateway else PROXY_TOKEN_MESSAGES
     if state.config.faults.token_expired:
         return "expired", messages["expired"]
@@ -317,7 +327,7 @@ def _token_problem(state: EmulatorState, token: str | None) -> tuple[str | None,
         return "missing", messages["missing"]
     if token not in state.config.tokens:
         return "invalid", messages["invalid"]
-    exhausted = state.token_check(token)
+    exhausted = None if read_only else state.token_check(token)
     if exhausted:
         return "exhausted", exhausted
     return None, ""
