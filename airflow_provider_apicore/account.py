@@ -359,7 +359,8 @@ async def aread_quota(get: AsyncGetter) -> TokenQuota:
 # ----------------------------------------------------------------------------- the guard
 
 
-def _amount(name: str, value: Any) -> float | None:
+def usd_amount(name: str, value: Any) -> float | None:
+    """``value`` as US dollars (a number >= 0) or None; :class:`ApicoreConfigError` naming ``name``."""
     if value is None:
         return None
     if (
@@ -410,8 +411,8 @@ class QuotaGuard:
         logger: Any = None,
     ) -> None:
         self._read = read
-        self.min_quota_usd = _amount("min_quota_usd", min_quota_usd)
-        self.estimated_cost_per_image_usd = _amount(
+        self.min_quota_usd = usd_amount("min_quota_usd", min_quota_usd)
+        self.estimated_cost_per_image_usd = usd_amount(
             "estimated_cost_per_image_usd", estimated_cost_per_image_usd
         )
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval >= 0:

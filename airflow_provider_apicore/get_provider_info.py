@@ -32,6 +32,11 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_apicore.operators.describe",
                     "airflow_provider_apicore.operators.batch_describe",
+                    "airflow_provider_apicore.operators.imagine",
+                    "airflow_provider_apicore.operators.action",
+                    "airflow_provider_apicore.operators.blend",
+                    "airflow_provider_apicore.operators.shorten",
+                    "airflow_provider_apicore.operators.swap_face",
                 ],
             }
         ],

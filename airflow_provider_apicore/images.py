@@ -10,10 +10,11 @@ and the rule it broke. Paths may be local paths, ``file://`` URLs or any
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -362,6 +363,47 @@ def _filesystem(path: ObjectStoragePath) -> AbstractFileSystem:
         return path.__wrapped__.fs
 
 
+#: errno values of read failures that may pass on their own (storage or network hiccups).
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EIO",
+        "EAGAIN",
+        "EBUSY",
+        "EINTR",
+        "ETIMEDOUT",
+        "ECONNRESET",
+        "ECONNABORTED",
+        "ECONNREFUSED",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "EHOSTUNREACH",
+        "ESTALE",
+        "ENOLCK",
+    )
+    if hasattr(errno, name)
+)
+
+
+class ImageReadError(InvalidImageError):
+    """
+    Reading the file failed in a way that may pass (an I/O error, a storage timeout or dropped
+    connection): the file is not known to be unusable, so a batch records it as retryable.
+    """
+
+
+def is_transient_read_error(err: BaseException) -> bool:
+    """Whether a storage error may pass on its own (EIO, timeouts, dropped connections; no errno at all)."""
+    if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return False
+    if isinstance(err, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(err, OSError):
+        # Object stores raise OSError without an errno for failed requests.
+        return err.errno is None or err.errno in _TRANSIENT_ERRNOS
+    return False
+
+
 @contextmanager
 def _io_errors(source: str) -> Iterator[None]:
     """Turn storage errors into InvalidImageError naming the file and the OS error."""
@@ -374,7 +416,8 @@ def _io_errors(source: str) -> Iterator[None]:
     except IsADirectoryError:
         raise InvalidImageError(source, _DIRECTORY_RULE) from None
     except OSError as err:  # PermissionError and other I/O errors
-        raise InvalidImageError(source, f"cannot read the file: {err.strerror or err}") from None
+        kind = ImageReadError if is_transient_read_error(err) else InvalidImageError
+        raise kind(source, f"cannot read the file: {err.strerror or err}") from None
     except (ImportError, ValueError) as err:
         raise InvalidImageError(source, f"cannot open this kind of path: {err}") from None
 
@@ -474,23 +517,86 @@ def _matches(pattern: str, rel: str, name: str) -> bool:
     return fnmatchcase(target.lower(), pat)
 
 
-def _skip_reason(fs: AbstractFileSystem, path: ObjectStoragePath, max_bytes: int | None) -> str | None:
-    """Why a listed file cannot be described (a key of _SKIP_REASONS), or None if it looks fine."""
+@dataclass(frozen=True)
+class ListedImage:
+    """
+    One file :func:`scan_images` found: its path and what storage says about it.
+
+    :param path: the file
+    :param size: size in bytes, if the store tells
+    :param mtime: modification time (epoch seconds), if the store tells
+    """
+
+    path: ObjectStoragePath
+    size: int | None = None
+    mtime: float | None = None
+
+
+#: ``unchanged(path, size, mtime)``: True when the caller already finished this file as it is now.
+UnchangedCheck = Callable[[str, "int | None", "float | None"], bool]
+
+
+def file_mtime(info: dict) -> float | None:
+    """Modification time (epoch seconds) from fsspec ``info``: local ``mtime``, S3 ``LastModified``."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    timestamp = getattr(value, "timestamp", None)
+    if callable(timestamp):
+        try:
+            return float(timestamp())
+        except (TypeError, ValueError, OverflowError, OSError):
+            return None
+    return None
+
+
+def _skip_reason(
+    fs: AbstractFileSystem,
+    path: ObjectStoragePath,
+    max_bytes: int | None,
+    unchanged: UnchangedCheck | None = None,
+) -> tuple[str | None, int | None, float | None]:
+    """
+    Why a listed file cannot be described (a key of _SKIP_REASONS) or None, with its size and mtime.
+
+    A file ``unchanged`` says was already finished as it is is not opened.
+    """
     try:
         info = fs.info(path.path)
         if info.get("type") == "other":
-            return "not_regular"
+            return "not_regular", None, None
         size = info.get("size")
+        mtime = file_mtime(info)
         if size == 0:
-            return "empty"
+            return "empty", size, mtime
         if max_bytes is not None and size is not None and size > max_bytes:
-            return "too_large"
+            return "too_large", size, mtime
+        if (
+            unchanged is not None
+            and size is not None
+            and mtime is not None
+            and unchanged(str(path), size, mtime)
+        ):
+            return None, size, mtime
         with fs.open(path.path, "rb") as fh:
             header = fh.read(HEADER_BYTES)
     except OSError:
-        return "unreadable"
+        return "unreadable", None, None
     problem, _ = _classify_header(header, path.name)
-    return problem[0] if problem else None
+    return (problem[0] if problem else None), size, mtime
+
+
+def _directory_key(path: ObjectStoragePath) -> tuple[int, int] | None:
+    """(device, inode) of a local directory, to notice one reached twice through symlinks."""
+    if path.protocol not in ("", "file", "local"):
+        return None
+    try:
+        st = os.stat(path.path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _existing_file(source: ImageSource) -> ObjectStoragePath:
@@ -532,9 +638,28 @@ def list_images(
     :raises InvalidImageError: the directory does not exist or holds no image; a listed file is missing
     :return: paths sorted by their string form
     """
+    return [item.path for item in scan_images(source, pattern, recursive, max_bytes)]
+
+
+def scan_images(
+    source: ImageSource | Sequence[ImageSource],
+    pattern: str = "*",
+    recursive: bool = True,
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    unchanged: UnchangedCheck | None = None,
+) -> list[ListedImage]:
+    """
+    :func:`list_images` with each file's size and modification time.
+
+    Each directory is entered once, even when symlinks lead to it again (a link to a parent directory
+    would otherwise list the same images until the path grows too long).
+
+    :param unchanged: ``unchanged(path, size, mtime)`` returns True for files the caller already
+        finished with exactly this size and mtime: those are listed without being opened again
+    """
     _check_max_bytes(max_bytes)
     if isinstance(source, (list, tuple)):
-        return [_existing_file(item) for item in source]
+        return [ListedImage(_existing_file(item)) for item in source]
     if _is_data_url(source):
         raise InvalidImageError(DATA_URL_SOURCE, "list_images takes paths; pass data URLs to load_image")
     root = _to_storage_path(source)  # type: ignore[arg-type]
@@ -543,11 +668,15 @@ def list_images(
         if not root.exists():
             raise InvalidImageError(where, "directory does not exist")
         if not root.is_dir():
-            return [root]
+            return [ListedImage(root)]
         fs = _filesystem(root)
-        found: list[ObjectStoragePath] = []
+        found: list[ListedImage] = []
         skipped: dict[str, list[str]] = {}
         looked_at = 0
+        seen_dirs: set[tuple[int, int]] = set()
+        root_key = _directory_key(root)
+        if root_key is not None:
+            seen_dirs.add(root_key)
         pending: list[tuple[ObjectStoragePath, str]] = [(root, "")]
         while pending:
             directory, prefix = pending.pop()
@@ -560,16 +689,28 @@ def list_images(
                             looked_at += 1
                             skipped.setdefault("hidden", []).append(rel + "/")
                     elif recursive:
+                        key = _directory_key(child)
+                        if key is not None and key in seen_dirs:
+                            log.info(
+                                "Not entering %s again: a symlink leads back to a directory already listed",
+                                rel,
+                            )
+                            continue
+                        if key is not None:
+                            seen_dirs.add(key)
                         pending.append((child, rel + "/"))
                     continue
                 if not _matches(pattern, rel, name):
                     continue
                 looked_at += 1
-                reason = "hidden" if name.startswith(".") else _skip_reason(fs, child, max_bytes)
+                if name.startswith("."):
+                    reason, size, mtime = "hidden", None, None
+                else:
+                    reason, size, mtime = _skip_reason(fs, child, max_bytes, unchanged)
                 if reason:
                     skipped.setdefault(reason, []).append(rel)
                 else:
-                    found.append(child)
+                    found.append(ListedImage(child, size, mtime))
     for names in skipped.values():
         names.sort()
     n_skipped = sum(len(v) for v in skipped.values())
@@ -583,4 +724,4 @@ def list_images(
     if skipped:
         message += f"; skipped {n_skipped} {'file' if n_skipped == 1 else 'files'}: {_skip_summary(skipped)}"
     log.info(message)
-    return sorted(found, key=str)
+    return sorted(found, key=lambda item: str(item.path))

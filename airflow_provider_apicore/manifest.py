@@ -42,7 +42,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,16 +71,20 @@ UNKNOWN_FATE = "unknown_fate"
 NOT_FOUND = "not_found"
 #: Accepted, but did not finish within the operator's ``timeout``.
 TIMEOUT = "timeout"
-#: Refused before or at submission: not a readable image, or a submit error (codes 4, 24, ...).
+#: Refused before or at submission: not a usable image, or a submit error (codes 4, 24, ...).
 REJECTED = "rejected"
+#: The file could not be read, for a reason that may pass (I/O error, storage timeout): retried in the
+#: run, then left for the next run, which reads it again (unlike :data:`REJECTED`).
+READ_ERROR = "read_error"
 SUCCESS = TaskStatus.SUCCESS.value
 FAILURE = TaskStatus.FAILURE.value
 CANCEL = TaskStatus.CANCEL.value
 
 #: Statuses that end an image's story (``unknown_fate`` ends it only once reconciliation gave up).
-FINAL_STATUSES = frozenset({SUCCESS, FAILURE, CANCEL, NOT_FOUND, TIMEOUT, REJECTED})
+#: (:data:`READ_ERROR` ends it for this run; the next run reads the file again.)
+FINAL_STATUSES = frozenset({SUCCESS, FAILURE, CANCEL, NOT_FOUND, TIMEOUT, REJECTED, READ_ERROR})
 #: Final statuses that count as failed.
-FAILED_STATUSES = frozenset({FAILURE, CANCEL, NOT_FOUND, TIMEOUT, REJECTED, UNKNOWN_FATE})
+FAILED_STATUSES = frozenset({FAILURE, CANCEL, NOT_FOUND, TIMEOUT, REJECTED, UNKNOWN_FATE, READ_ERROR})
 
 #: Fields that differ between two runs over the same images (ids, tags, attempts, clocks).
 VOLATILE_FIELDS = (
@@ -94,6 +98,8 @@ VOLATILE_FIELDS = (
     "accepted_at",
     "updated_at",
     "rev",
+    "size",
+    "mtime",
 )
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -127,6 +133,9 @@ class ManifestRecord:
     :param accepted_at: local time the task id was received (epoch ms); the ``timeout`` counts from it
     :param updated_at: local time of the last change (epoch ms)
     :param rev: revision number; the highest wins when records are merged
+    :param size: the file's size in bytes when it was last read
+    :param mtime: the file's modification time (epoch seconds) when it was last read; with ``size``, a
+        rerun skips reading a finished file that did not change
     """
 
     image: str
@@ -145,6 +154,8 @@ class ManifestRecord:
     accepted_at: int | None = None
     updated_at: int | None = None
     rev: int = 0
+    size: int | None = None
+    mtime: float | None = None
 
     @property
     def is_final(self) -> bool:
@@ -426,6 +437,13 @@ class Manifest:
         self._journal_files: list[ObjectStoragePath] = []
         self._dirty = False
         self._last_flush = time.monotonic()
+        #: whether :meth:`load` found a snapshot or journal files
+        self.found = False
+        #: called before anything is written (the batch checks its lease there)
+        self.before_write: Callable[[], None] | None = None
+        #: storage writes and deletes so far, and bytes written (for benchmarks)
+        self.writes = 0
+        self.bytes_written = 0
 
     @classmethod
     def load(cls, path: str | os.PathLike | ObjectStoragePath, flush_interval: float = 30.0) -> Manifest:
@@ -441,6 +459,7 @@ class Manifest:
             data = _read_bytes(source)
             if data is None:
                 continue
+            manifest.found = True
             for record in parse_lines(data, str(source)):
                 seen = found.get(record.image)
                 if seen is None or record.rev >= seen.rev:
@@ -500,10 +519,15 @@ class Manifest:
         """
         if not self._unjournaled:
             return
+        if self.before_write is not None:
+            self.before_write()
         changed = list(self._unjournaled.values())
         name = f"{self._rev:012d}-{uuid.uuid4().hex[:8]}.jsonl"
         target = self.journal_dir / name
-        _write_new(target, render_lines(changed))
+        data = render_lines(changed)
+        _write_new(target, data)
+        self.writes += 1
+        self.bytes_written += len(data)
         self._journal_files.append(target)
         self._unjournaled.clear()
 
@@ -519,7 +543,12 @@ class Manifest:
             return False
         if not force and time.monotonic() - self._last_flush < self.flush_interval:
             return False
-        write_atomic(self.path, render_lines(self.records.values()))
+        if self.before_write is not None:
+            self.before_write()
+        data = render_lines(self.records.values())
+        write_atomic(self.path, data)
+        self.writes += 1 + len(self._journal_files)
+        self.bytes_written += len(data)
         self._unjournaled.clear()
         self._dirty = False
         self._last_flush = time.monotonic()

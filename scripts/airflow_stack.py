@@ -694,6 +694,10 @@ class AirflowStack:
         service.start()
         return service
 
+    def restart(self, name: str) -> Service:
+        """Start a stopped or killed worker/triggerer again with the same command and directories."""
+        return self.start_node(name, self.services[name].cmd)
+
     def kill(self, name: str) -> None:
         """SIGKILL a service's whole process group at once (a lost host: no cleanup, no goodbye)."""
         service = self.services[name]

@@ -394,6 +394,13 @@ def test_get_quota_of_an_exhausted_token_on_the_dashboard_is_zero(apicore_conn):
     assert quota.exhausted and quota.remaining_usd == 0.0
 
 
+def test_get_quota_of_an_exhausted_token_on_the_usage_route_is_zero(apicore_conn):
+    billing(apicore_conn, accounts={apicore_conn.token: {"balance_usd": 0, "used_usd": 2.0}})
+    quota = ApicoreHook().get_quota()
+    assert quota.exhausted and quota.source == USAGE_TOKEN
+    assert (quota.limit_usd, quota.used_usd, quota.remaining_usd) == (2.0, 2.0, 0.0)
+
+
 def test_get_quota_when_the_gateway_has_no_quota_endpoint(apicore_conn):
     billing(apicore_conn, endpoints=[])
     with pytest.raises(ApicoreResponseError, match="none of the token quota endpoints"):

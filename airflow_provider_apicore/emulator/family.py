@@ -461,8 +461,22 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
         *,
         hold: bool = False,
         describe: Callable[[str], str] | None = None,
+        same_as: tuple[Any, ...] | None = None,
         **fields: Any,
     ) -> tuple[dict[str, Any], FamilyTask | None]:
+        """
+        Draw the picture (in a worker thread) and submit the job through the shared lifecycle.
+
+        :param picture: what the job draws, or None (SHORTEN, or a job held in MODAL).
+        :param hold: keep the job in MODAL until ``/mj/submit/modal``.
+        :param describe: makes the ``description`` from the new task id.
+        :param same_as: what makes two submissions the same job when ``dedupe`` is on.
+        :param fields: :class:`FamilyTask` arguments.
+        :return: the submit answer and the task created (None when refused or deduplicated).
+        """
+        key = None
+        if same_as is not None and not hold:
+            key = "family:" + hashlib.sha256(json.dumps(same_as, sort_keys=True).encode("utf-8")).hexdigest()
         png = await asyncio.to_thread(picture.draw) if picture is not None and not hold else None
         created: list[FamilyTask] = []
 
@@ -475,7 +489,7 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
             created.append(task)
             return task
 
-        answer = state.submit_task(build, hold=hold)
+        answer = state.submit_task(build, dedupe_key=key, hold=hold)
         return answer, (created[0] if created else None)
 
     def parent_of(task_id: str) -> Task:
@@ -525,6 +539,7 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
             digest=digest,
             button_set="grid",
             bot_type=_bot_type(body.get("botType")),
+            same_as=("imagine", prompt, [hashlib.sha256(d).hexdigest() for d in images], body.get("botType")),
             **common(request, body),
         )
         return JSONResponse(answer)
@@ -600,6 +615,7 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
             action=button.action,
             prompt="" if button.kind == "inpaint" else (parent.prompt or ""),
             description=description_for(parent, button),
+            same_as=("action", parent.id, custom_id),
             digest=derive(parent.digest, custom_id),
             button_set=button_set,
             parent_id=parent.id,
@@ -813,6 +829,12 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
             action="BLEND",
             prompt=urls,
             describe=lambda task_id: f"/blend {task_id} {len(blobs)}",
+            same_as=(
+                "blend",
+                dimensions,
+                [hashlib.sha256(d).hexdigest() for d in blobs],
+                body.get("botType"),
+            ),
             digest=digest,
             button_set="grid",
             bot_type=_bot_type(body.get("botType")),
@@ -834,6 +856,7 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
             action="SHORTEN",
             prompt=prompt,
             description=f"/shorten {prompt}",
+            same_as=("shorten", prompt, body.get("botType")),
             digest=derive(b"shorten", prompt),
             button_set="shorten",
             bot_type=_bot_type(body.get("botType")),
@@ -871,6 +894,7 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
             digest=digest,
             button_set="none",
             bot_type="INSIGHT_FACE",
+            same_as=("swap", digest.hex()),
             **common(request, body),
         )
         return JSONResponse(answer)

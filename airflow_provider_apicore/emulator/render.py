@@ -23,6 +23,8 @@ PANEL_SIDE = 256
 #: Long side of a non-square panel.
 PANEL_LONG_SIDE = 320
 MIN_SIDE = 64
+#: Uploaded images larger than this are not decoded (their colour then comes from the digest).
+MAX_DECODED_PIXELS = 40_000_000
 ASPECT = re.compile(r"(?:^|\s)--(?:ar|aspect)\s+(\d+)\s*:\s*(\d+)")
 #: blend ``dimensions`` -> width:height.
 BLEND_RATIOS = {"PORTRAIT": (2, 3), "SQUARE": (1, 1), "LANDSCAPE": (3, 2)}
@@ -259,8 +261,6 @@ def swap_face_png(source: bytes, target: bytes, digest: bytes) -> tuple[bytes, t
     base = _open(target)
     if base is None:
         base = draw_panel(Panel(derive(digest, "target"), digest[0] * 360 / 256), PANEL_SIDE, PANEL_SIDE)
-    else:
-        base.thumbnail((PANEL_LONG_SIDE * 2, PANEL_LONG_SIDE * 2))
     face = _open(source)
     colour = face.resize((1, 1)).getpixel((0, 0))[:3] if face is not None else _rgb(digest[1], 0.4, 0.8)
     width, height = base.size
@@ -272,8 +272,14 @@ def swap_face_png(source: bytes, target: bytes, digest: bytes) -> tuple[bytes, t
 
 
 def _open(data: bytes) -> Image.Image | None:
+    """An uploaded image as RGB at most about twice a panel's size, or None when unreadable or huge."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
+            if image.width * image.height > MAX_DECODED_PIXELS:
+                return None
+            image.draft("RGB", (2 * PANEL_LONG_SIDE, 2 * PANEL_LONG_SIDE))  # JPEG: decode scaled down
+            rgb = image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
+    rgb.thumbnail((2 * PANEL_LONG_SIDE, 2 * PANEL_LONG_SIDE))
+    return rgb

@@ -19,6 +19,8 @@ from airflow_provider_apicore.triggers.task import MJTaskTrigger
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+#: Key in ``task_state_store``: the followed id and how many polls in a row missed it.
+SENSOR_STATE_KEY = "apicore_sensor"
 #: How much later than the sensor's own deadline Airflow's deferral timeout fires. The trigger
 #: reports the timeout itself (with the last status seen); this only guards against a lost trigger.
 DEFER_TIMEOUT_MARGIN = timedelta(seconds=60)
@@ -73,6 +75,7 @@ class MJTaskSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self._hook: ApicoreHook | None = None
         self._tracker: TaskTracker | None = None
+        self._misses = 0
 
     @property
     def hook(self) -> ApicoreHook:
@@ -95,16 +98,45 @@ class MJTaskSensor(BaseSensorOperator):
         task_id = self.tracked_task_id
         tracker = self._tracker_for(task_id)
         tracker.update(self.hook.list_tasks(tracker.pending))
-        if task_id in tracker.not_found:
-            raise TaskNotFoundError(task_id)
         task = tracker.latest.get(task_id)
         if task is None:
-            self.log.info("Task %s not listed by APICore yet", task_id)
+            misses = self._count_miss(context, task_id)
+            if misses >= DEFAULT_MISSING_GRACE:
+                raise TaskNotFoundError(task_id)
+            self.log.info(
+                "Task %s not listed by APICore yet (%d of %d polls allowed)",
+                task_id,
+                misses,
+                DEFAULT_MISSING_GRACE,
+            )
             return PokeReturnValue(is_done=False)
+        self._remember(context, task_id, misses=0)
         self.log.info("Task %s: %s, progress %s", task_id, task.status.value, task.progress or "?")
         if not task.is_terminal:
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(is_done=True, xcom_value=describe_result(task))
+
+    def _count_miss(self, context: Context, task_id: str) -> int:
+        """
+        One more poll without the task. Counted in ``task_state_store`` when there is one, so that the
+        grace is the same in every mode: in reschedule mode each poke is a fresh process.
+        """
+        store = (
+            context.get("task_state_store") if isinstance(context, dict) or hasattr(context, "get") else None
+        )
+        if store is None:
+            self._misses += 1
+            return self._misses
+        record = store.get(SENSOR_STATE_KEY) or {}
+        misses = (record.get("misses", 0) if record.get("task_id") == task_id else 0) + 1
+        self._remember(context, task_id, misses=misses)
+        return misses
+
+    def _remember(self, context: Context, task_id: str, misses: int) -> None:
+        self._misses = misses
+        store = context.get("task_state_store") if hasattr(context, "get") else None
+        if store is not None:
+            store.set(SENSOR_STATE_KEY, {"task_id": task_id, "misses": misses})
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -142,10 +174,8 @@ class MJTaskSensor(BaseSensorOperator):
 
     def _tracker_for(self, task_id: str) -> TaskTracker:
         if self._tracker is None or task_id not in self._tracker.pending:
-            # In reschedule mode every poke runs in a fresh process, so misses cannot add up across
-            # pokes: there an absent id counts as not found at once (pokes are far apart anyway).
-            grace = 1 if self.reschedule and not self.deferrable else DEFAULT_MISSING_GRACE
-            self._tracker = TaskTracker([task_id], missing_grace=grace)
+            # Absences are counted by the sensor itself (durably), not by the tracker.
+            self._tracker = TaskTracker([task_id], missing_grace=10**9)
         return self._tracker
 
     def _last_seen(self) -> str:

@@ -117,3 +117,25 @@ def test_token_is_required(start_emulator, client_for):
     response = post(api, "/mj/submit/imagine", {"prompt": "x"})
     assert response.status_code == 401
     assert stats(api)["tasks_created"] == 0
+
+
+def test_dedupe_answers_code_21_for_a_repeated_family_job(start_emulator, client_for):
+    api = client_for(start_emulator(dedupe=True))
+    first = submit_ok(api, "/mj/submit/imagine", {"prompt": "once", "state": "a"})
+    again = answer(api, "/mj/submit/imagine", {"prompt": "once", "state": "b"})
+    assert again["code"] == 21 and again["result"] == first and again["description"] == "任务已存在"
+    other = answer(api, "/mj/submit/imagine", {"prompt": "twice"})
+    assert other["code"] == 1 and other["result"] != first
+    grid = succeeded(api, first)
+    upscale = act(api, grid, button(grid, "U1"))
+    assert upscale["code"] == 1
+    assert act(api, grid, button(grid, "U1")) == {**upscale, "code": 21, "description": "任务已存在"}
+    assert act(api, grid, button(grid, "U2"))["code"] == 1
+    assert stats(api)["tasks_created"] == 4
+
+
+def test_without_dedupe_a_repeated_family_job_runs_again(start_emulator, client_for):
+    api = client_for(start_emulator())
+    first = submit_ok(api, "/mj/submit/imagine", {"prompt": "once"})
+    assert submit_ok(api, "/mj/submit/imagine", {"prompt": "once"}) != first
+    assert stats(api)["tasks_created"] == 2

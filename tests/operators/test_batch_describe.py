@@ -127,6 +127,7 @@ def test_a_directory_is_described_with_at_most_max_in_flight_jobs_upstream(tmp_p
         "total": 24,
         "succeeded": 24,
         "failed": 0,
+        "unknown_fate": 0,
         "unique_images": 24,
         "by_status": {"SUCCESS": 24},
     }
@@ -228,10 +229,27 @@ def _in_the_air(op: MJBatchDescribeOperator, path: Path) -> None:
     )
 
 
-def test_a_submission_in_the_air_at_a_crash_is_sent_again_once_with_a_new_tag(tmp_path, apicore_conn):
+def test_a_submission_in_the_air_at_a_crash_is_recorded_unknown_fate_and_not_sent_again(
+    tmp_path, apicore_conn
+):
     apicore_conn.configure(**FAST)
     [path] = images(tmp_path / "src", 1)
     op = operator(tmp_path, str(tmp_path / "src"))
+    _in_the_air(op, path)
+    summary = op.execute(CONTEXT)
+    assert (summary["unknown_fate"], summary["by_status"]) == (1, {UNKNOWN_FATE: 1})
+    assert apicore_conn.stats()["requests"]["submit"] == 0
+    record = records(op)[path.name]
+    assert (record.attempts, record.state) == (1, "x/y/z/1")
+    assert "stopped while this image was being sent (state 'x/y/z/1')" in record.error
+
+
+def test_with_on_unknown_fate_resubmit_a_submission_in_the_air_is_sent_again_with_a_new_tag(
+    tmp_path, apicore_conn
+):
+    apicore_conn.configure(**FAST)
+    [path] = images(tmp_path / "src", 1)
+    op = operator(tmp_path, str(tmp_path / "src"), on_unknown_fate="resubmit")
     _in_the_air(op, path)
     summary = op.execute(CONTEXT)
     assert summary["succeeded"] == 1
@@ -241,9 +259,10 @@ def test_a_submission_in_the_air_at_a_crash_is_sent_again_once_with_a_new_tag(tm
     assert record.state == f"batch_dag/manual__1/{sha(path)[:16]}/2"
 
 
-def test_without_resubmit_unknown_fate_a_submission_in_doubt_is_left_for_a_person(tmp_path, apicore_conn):
+def test_the_deprecated_resubmit_unknown_fate_false_still_leaves_it_for_a_person(tmp_path, apicore_conn):
     [path] = images(tmp_path / "src", 1)
-    op = operator(tmp_path, str(tmp_path / "src"), resubmit_unknown_fate=False)
+    with pytest.warns(DeprecationWarning, match="on_unknown_fate"):
+        op = operator(tmp_path, str(tmp_path / "src"), resubmit_unknown_fate=False)
     _in_the_air(op, path)
     summary = op.execute(CONTEXT)
     assert (summary["failed"], summary["by_status"]) == (1, {UNKNOWN_FATE: 1})
@@ -256,7 +275,7 @@ def test_lost_answers_are_resubmitted_at_most_max_submit_attempts_times(tmp_path
     # the worst case. Each resubmission may be a duplicate, so their number is bounded.
     apicore_conn.configure(**FAST, faults={"drop_after": 1.0, "endpoints": ["submit"]})
     [path] = images(tmp_path / "src", 1)
-    op = operator(tmp_path, str(tmp_path / "src"), max_submit_attempts=2)
+    op = operator(tmp_path, str(tmp_path / "src"), max_submit_attempts=2, on_unknown_fate="resubmit")
     summary = op.execute(CONTEXT)
     assert summary["by_status"] == {UNKNOWN_FATE: 1}
     stats = apicore_conn.stats()
@@ -288,7 +307,7 @@ def test_a_server_answering_code_21_reconciles_a_lost_answer_without_a_second_jo
     with ScriptedServer(replies) as server:
         for key, value in connection_env(server.url, "tok").items():
             monkeypatch.setenv(key, value)
-        op = operator(tmp_path, str(tmp_path / "src"), poll_interval=0.05)
+        op = operator(tmp_path, str(tmp_path / "src"), poll_interval=0.05, on_unknown_fate="resubmit")
         summary = op.execute(CONTEXT)
         submits = [json.loads(r.body) for r in server.requests if r.path == "/mj/submit/describe"]
     assert summary["succeeded"] == 1
@@ -467,10 +486,11 @@ def test_memory_stays_flat_however_many_large_images_are_sent(tmp_path, apicore_
     size = 1024 * 1024
     few = _peak_memory(tmp_path, apicore_conn, 4, size)
     many = _peak_memory(tmp_path, apicore_conn, 24, size)
-    # Images are read and encoded one at a time: six times the images, about the same peak, and far
-    # below the 24 MiB that holding them all would take.
+    # Images are read and encoded one at a time: six times the images, about the same peak. Holding the
+    # 20 extra images (or their data URLs) would add at least 20 MiB; modules imported lazily during
+    # the first submission weigh the same in both runs, so the difference is what counts.
     assert many < few * 1.3, (few, many)
-    assert many < 24 * size / 2, many
+    assert many - few < 4 * size, (few, many)
 
 
 def _noise(size: int, seed: int) -> bytes:

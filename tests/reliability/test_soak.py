@@ -73,9 +73,9 @@ SCRIPT = textwrap.dedent(
     accepted = 0
     submit, list_tasks = ApicoreHook.submit_describe, ApicoreHook.list_tasks
 
-    def counting_submit(self, payload, validate=True):
+    def counting_submit(self, payload, validate=True, retries=None):
         global accepted
-        result = submit(self, payload, validate)
+        result = submit(self, payload, validate, retries)
         accepted += 1
         return result
 

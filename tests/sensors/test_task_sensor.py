@@ -143,10 +143,38 @@ def test_poke_mode_unknown_id_raises_task_not_found_after_the_grace_polls(apicor
     assert apicore_conn.stats()["requests"]["list"] == 3
 
 
-def test_reschedule_mode_unknown_id_is_not_found_at_the_first_poke(apicore_conn):
-    # Every reschedule poke is a fresh process, so misses cannot be counted across pokes.
+class DictStore:
+    """A task_state_store stand-in with the accessor's get/set/delete: it outlives sensor instances."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def test_reschedule_mode_counts_misses_durably_across_fresh_sensors(apicore_conn):
+    # Every reschedule poke runs in a fresh process on a fresh instance: only task_state_store remains.
+    context = {"task_state_store": DictStore()}
+    assert sensor(UNKNOWN_ID, mode="reschedule").poke(context).is_done is False
+    assert sensor(UNKNOWN_ID, mode="reschedule").poke(context).is_done is False
     with pytest.raises(TaskNotFoundError):
-        sensor(UNKNOWN_ID, mode="reschedule").poke(CONTEXT)
+        sensor(UNKNOWN_ID, mode="reschedule").poke(context)
+    assert context["task_state_store"].values["apicore_sensor"] == {"task_id": UNKNOWN_ID, "misses": 3}
+
+
+def test_a_task_listed_late_resets_the_durable_miss_count(apicore_conn):
+    context = {"task_state_store": DictStore()}
+    task_id = submit()
+    context["task_state_store"].set("apicore_sensor", {"task_id": task_id, "misses": 2})
+    sensor(task_id, mode="reschedule").poke(context)
+    assert context["task_state_store"].values["apicore_sensor"]["misses"] == 0
 
 
 def test_deferrable_mode_keeps_the_grace_polls_whatever_the_mode(apicore_conn):

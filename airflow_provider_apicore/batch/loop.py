@@ -1,0 +1,629 @@
+"""
+The submit/poll loop of a batch: what one process does between reading the manifest and leaving.
+
+:class:`BatchLoop` holds only what is in flight (ids followed, images whose submission is being
+reconciled, the queue of records to submit) and writes every change to the manifest as it happens, so a
+new process (a retry, or the resume after a deferral) rebuilds the same state from the manifest.
+Submitting a single image is :meth:`BatchLoop.send`; what a failed submission means is decided by
+:func:`airflow_provider_apicore.batch.submit.classify`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_apicore.batch.submit import SubmitFailure, Verdict, classify, submit_once
+from airflow_provider_apicore.exceptions import ApicoreConfigError, ApicoreError, ApicoreInputError
+from airflow_provider_apicore.hooks.apicore import retry_delay
+from airflow_provider_apicore.images import ImageData, ImageReadError, load_image
+from airflow_provider_apicore.manifest import (
+    FAILED_STATUSES,
+    NOT_FOUND,
+    PENDING,
+    PENDING_SUBMIT,
+    READ_ERROR,
+    REJECTED,
+    SUBMITTED,
+    SUCCESS,
+    TIMEOUT,
+    UNKNOWN_FATE,
+    Manifest,
+    ManifestRecord,
+    apply_task,
+    now_ms,
+)
+from airflow_provider_apicore.schemas import validate_describe_payload
+from airflow_provider_apicore.tracking import TaskTracker
+
+if TYPE_CHECKING:
+    import logging
+
+    from airflow_provider_apicore.hooks.apicore import ApicoreHook
+    from airflow_provider_apicore.models import MJTask
+
+#: Statuses a new run may submit again when ``resubmit_failed`` is set.
+RETRYABLE_FAILURES = frozenset({"FAILURE", "CANCEL", NOT_FOUND, TIMEOUT})
+#: Consecutive refused submissions (queue full, throttled, unreachable) after which, with nothing left
+#: in flight, the batch gives up (the images stay ``pending`` for the next try) instead of backing off.
+MAX_IDLE_BACKOFFS = 8
+#: Longest pause after a refused submission, in seconds (also caps a server's ``Retry-After``).
+MAX_SUBMIT_BACKOFF = 60.0
+#: Window over which the progress line measures images per minute.
+RATE_WINDOW_MS = 10 * 60 * 1000
+#: Reads of one file before a transient read error is recorded as ``read_error``, and the pauses.
+READ_ATTEMPTS = 3
+READ_PAUSES = (0.2, 0.5)
+#: ``on_unknown_fate`` values.
+UNKNOWN_FATE_POLICIES = ("record", "fail", "resubmit")
+
+
+class BatchLoop:
+    """
+    One stretch of a batch in one process.
+
+    :param manifest: the batch's manifest, loaded
+    :param hook: the APICore hook
+    :param tag: the ``state`` tag prefix (``<dag_id>/<run_id>``); each submission adds
+        ``/<sha256[:16]>/<attempt>``
+    :param log: where to log
+    :param max_in_flight: most jobs upstream at once
+    :param poll_interval: seconds between two polls
+    :param timeout: seconds a job may take after it was accepted (None: no limit)
+    :param max_image_bytes: largest image read
+    :param notify_hook: ``notifyHook`` sent with each image
+    :param bot_type: ``botType`` sent with each image
+    :param on_unknown_fate: ``record``, ``fail`` or ``resubmit`` (see the operator)
+    :param max_submit_attempts: most submissions of one image whose answer may be lost
+    :param resubmit_failed: a fresh run submits again images that ended failed
+    :param backoff: ``backoff(refusals_in_a_row, base, cap)``: seconds to pause submitting
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        hook: ApicoreHook,
+        tag: str,
+        log: logging.Logger | Any,
+        *,
+        max_in_flight: int,
+        poll_interval: float,
+        timeout: float | None,
+        max_image_bytes: int,
+        notify_hook: str | None = None,
+        bot_type: str | None = None,
+        on_unknown_fate: str = "record",
+        max_submit_attempts: int = 3,
+        resubmit_failed: bool = False,
+        backoff: Callable[[int, float, float], float] = retry_delay,
+    ) -> None:
+        self.manifest = manifest
+        self.hook = hook
+        self.tag = tag
+        self.log = log
+        self.max_in_flight = max_in_flight
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.max_image_bytes = max_image_bytes
+        self.notify_hook = notify_hook
+        self.bot_type = bot_type
+        self.on_unknown_fate = on_unknown_fate
+        self.max_submit_attempts = max_submit_attempts
+        self.resubmit_failed = resubmit_failed
+        self.backoff = backoff
+        self.queue: deque[ManifestRecord] = deque()
+        self.by_sha: dict[str, ManifestRecord] = {}
+        self.by_task: dict[str, list[ManifestRecord]] = {}
+        self.waiting: dict[str, list[ManifestRecord]] = {}
+        self.in_doubt: dict[str, float] = {}  # image -> monotonic time its reconciliation is due
+        self.tracker = TaskTracker([])
+        self.not_found_seen: set[str] = set()
+        self.paused_until = 0.0
+        self.backoffs = 0
+        self.last_progress: tuple | None = None
+        self.last_progress_at = 0.0
+        #: set by ``on_kill``: submit nothing more
+        self.stopping = False
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self, fresh: bool) -> None:
+        """Sort every record into: final, in flight (follow), in doubt (reconcile) or to submit."""
+        for record in self.manifest:
+            if fresh and record.status == READ_ERROR:
+                self.manifest.touch(record, status=PENDING, error=None)
+            if fresh and self.resubmit_failed and record.status in RETRYABLE_FAILURES:
+                self.manifest.touch(record, status=PENDING, task_id=None, error=None, prompts=[], prompt=None)
+            if record.status == PENDING_SUBMIT:
+                # The process stopped while this submission was in the air.
+                self.manifest.touch(
+                    record,
+                    status=UNKNOWN_FATE,
+                    error=(
+                        "the previous try stopped while this image was being sent (state "
+                        f"{record.state!r}); APICore may have started a job for it"
+                    ),
+                )
+            if record.sha256 and (record.attempts > 0 or record.task_id) and record.sha256 not in self.by_sha:
+                self.by_sha[record.sha256] = record
+        for record in self.manifest:
+            if record.status == SUBMITTED and record.task_id:
+                self._follow(record.task_id, record)
+            elif record.status == SUBMITTED or (record.status == UNKNOWN_FATE and self._may_resubmit(record)):
+                self.in_doubt[record.image] = 0.0
+                if record.sha256:
+                    self.by_sha[record.sha256] = record
+            elif record.status == PENDING:
+                self.queue.append(record)
+        # Timeouts are checked only once the server has been asked (poll or trigger event): jobs that
+        # finished while the worker was away or the trigger waited are recorded as finished.
+
+    def log_start(self, fresh: bool) -> None:
+        counts = self.manifest.counts()
+        final = sum(1 for r in self.manifest if r.is_final)
+        self.log.info(
+            "%s %s: %d images; %d already finished, %d in flight to follow, %d to reconcile, %d to submit "
+            "(max_in_flight=%d)",
+            "Starting batch from" if fresh else "Resuming batch from",
+            self.manifest.path,
+            len(self.manifest),
+            final,
+            len(self.tracker.pending),
+            len(self.in_doubt),
+            counts.get(PENDING, 0),
+            self.max_in_flight,
+        )
+
+    # ------------------------------------------------------------------ state
+    @property
+    def slots_used(self) -> int:
+        return len(self.tracker.pending) + len(self.in_doubt)
+
+    @property
+    def finished(self) -> bool:
+        if self.stopping:
+            return not self.tracker.pending
+        return not (self.queue or self.waiting or self.in_doubt or self.tracker.pending)
+
+    def next_submit_time(self) -> float:
+        """When the loop should wake up to submit without a poll: a pause's end or a reconciliation."""
+        times = [max(due, self.paused_until) for due in self.in_doubt.values()]
+        if self.paused_until and self.queue and self.slots_used < self.max_in_flight:
+            times.append(self.paused_until)
+        return min(times, default=math.inf)
+
+    def earliest_deadline(self) -> float | None:
+        """Wall-clock time at which the first followed task reaches its ``timeout``."""
+        if self.timeout is None:
+            return None
+        accepted = [
+            records[0].accepted_at
+            for task_id in self.tracker.pending
+            if (records := self.by_task.get(task_id))
+        ]
+        known = [a for a in accepted if a is not None]
+        if not known:
+            return time.time() + self.timeout
+        return min(known) / 1000 + self.timeout
+
+    def _may_resubmit(self, record: ManifestRecord) -> bool:
+        return self.on_unknown_fate == "resubmit" and record.attempts < self.max_submit_attempts
+
+    # ------------------------------------------------------------------ submitting
+    def fill_slots(self) -> None:
+        """Reconcile lost answers that are due, then submit new images while slots are free."""
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for image, due in sorted(self.in_doubt.items(), key=lambda item: item[1]):
+            if due > now or now < self.paused_until or self.stopping:
+                continue
+            record = self.manifest.get(image)
+            if record is not None and self.send(record, reconciling=True) == "pause":
+                return
+        while (
+            self.queue
+            and self.slots_used < self.max_in_flight
+            and time.monotonic() >= self.paused_until
+            and not self.stopping
+        ):
+            record = self.queue.popleft()
+            if self._process(record) == "pause":
+                return
+
+    def _process(self, record: ManifestRecord) -> str | None:
+        """Read one queued image, then share an identical image's job or submit it."""
+        data = self._read(record)
+        if data is None:
+            return None
+        if record.sha256 != data.sha256:
+            old = record.sha256
+            if old and self.by_sha.get(old) is record:
+                # The file changed since it was hashed: its old bytes no longer stand for it.
+                del self.by_sha[old]
+            self.manifest.touch(record, sha256=data.sha256)
+        primary = self.by_sha.get(data.sha256)
+        if primary is not None and primary is not record:
+            self._attach(record, primary)
+            return None
+        self.by_sha[data.sha256] = record
+        return self.send(record, data=data)
+
+    def _read(self, record: ManifestRecord) -> ImageData | None:
+        """
+        Read an image, retrying a transient read error; record ``rejected`` (the file is not a usable
+        image) or ``read_error`` (it could not be read now; the next run tries again) otherwise.
+        """
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                data = load_image(record.image, max_bytes=self.max_image_bytes)
+            except ImageReadError as err:
+                if attempt + 1 < READ_ATTEMPTS:
+                    time.sleep(READ_PAUSES[min(attempt, len(READ_PAUSES) - 1)])
+                    continue
+                self._final(
+                    record, READ_ERROR, f"{err} (after {READ_ATTEMPTS} attempts; the next run reads it again)"
+                )
+                return None
+            except ApicoreInputError as err:
+                self._final(record, REJECTED, str(err))
+                return None
+            return data
+        return None  # pragma: no cover - the loop always returns
+
+    def _final(self, record: ManifestRecord, status: str, reason: str) -> None:
+        self.in_doubt.pop(record.image, None)
+        self.manifest.touch(record, status=status, error=reason)
+        self.manifest.commit()
+        self.log.warning("%s %s: %s", record.image, status, reason)
+        self._release_waiting(record)
+
+    def _attach(self, record: ManifestRecord, primary: ManifestRecord) -> None:
+        """Share the job of an image with the same bytes instead of submitting it again."""
+        if (
+            primary.task_id
+            or primary.is_final
+            or (primary.status == UNKNOWN_FATE and primary.image not in self.in_doubt)
+        ):
+            record.copy_outcome(primary)
+            self.manifest.touch(record, sha256=primary.sha256)
+            if record.status == SUBMITTED and record.task_id:
+                self.by_task.setdefault(record.task_id, []).append(record)
+            self.log.info("%s has the same bytes as %s: sharing its result", record.image, primary.image)
+        else:
+            self.waiting.setdefault(primary.sha256 or "", []).append(record)
+
+    def _release_waiting(self, primary: ManifestRecord) -> None:
+        for record in self.waiting.pop(primary.sha256 or "", []):
+            self._attach(record, primary)
+
+    def payload(self, data: ImageData, state: str) -> dict[str, Any]:
+        """The describe body of one image; the settings in it were checked before the batch began."""
+        payload: dict[str, Any] = {"base64": data.to_data_url(), "state": state}
+        if self.notify_hook:
+            payload["notifyHook"] = self.notify_hook
+        if self.bot_type:
+            payload["botType"] = self.bot_type
+        return payload
+
+    def send(
+        self, record: ManifestRecord, data: ImageData | None = None, reconciling: bool = False
+    ) -> str | None:
+        """
+        Submit one image. Its record is durable as ``pending_submit`` before the request leaves and
+        right after the answer.
+
+        :return: ``"pause"`` when submitting must pause (nothing was accepted), else None
+        """
+        if data is None:
+            data = self._read(record)
+            if data is None:
+                return None
+        previous = (record.status, record.state, record.attempts)
+        attempt = record.attempts + 1
+        state = f"{self.tag}/{data.sha256[:16]}/{attempt}"
+        payload = self.payload(data, state)
+        try:
+            validate_describe_payload(payload)
+        except ApicoreInputError as err:
+            if getattr(err, "field", "base64") != "base64":
+                # A setting, not this image: checked before the batch began, so this is a bug to report.
+                raise ApicoreConfigError(f"The describe settings are not valid: {err}") from None
+            self._final(record, REJECTED, str(err))
+            return None
+        # A connection that cannot be used fails here, before the image is marked as being sent.
+        _ = self.hook.settings
+        self.manifest.touch(record, status=PENDING_SUBMIT, state=state, attempts=attempt, sha256=data.sha256)
+        self.manifest.commit()
+        try:
+            result = submit_once(self.hook, payload)
+        except ApicoreError as err:
+            return self._failed(record, previous, reconciling, classify(err), err)
+        self.backoffs = 0
+        self.paused_until = 0.0
+        self.in_doubt.pop(record.image, None)
+        self.manifest.touch(
+            record, status=SUBMITTED, task_id=result.task_id, accepted_at=now_ms(), error=None
+        )
+        self.manifest.commit()
+        if result.existed:
+            self.log.info(
+                "APICore already had %s as task %s (code 21): no new job started",
+                record.image,
+                result.task_id,
+            )
+        elif reconciling:
+            self.log.warning(
+                "%s was submitted again after a lost answer (on_unknown_fate='resubmit') and APICore started "
+                "task %s; if the lost submission had been accepted, the image runs (and is paid) twice",
+                record.image,
+                result.task_id,
+            )
+        self._follow(result.task_id, record)
+        self._release_waiting(record)
+        return None
+
+    def _failed(
+        self,
+        record: ManifestRecord,
+        previous: tuple,
+        reconciling: bool,
+        failure: SubmitFailure,
+        err: ApicoreError,
+    ) -> str | None:
+        if failure.verdict is Verdict.UNKNOWN:
+            self._lost_answer(record, failure.reason)
+            return None
+        if failure.verdict is Verdict.PAUSE:
+            return self._pause(record, previous, reconciling, failure, err)
+        if failure.verdict is Verdict.REJECT:
+            self._final(record, REJECTED, failure.reason)
+            return None
+        # Answered (or never sent) and nothing was accepted: the manifest must say so before failing.
+        self._restore(record, previous)
+        self.manifest.commit()
+        raise err
+
+    def _lost_answer(self, record: ManifestRecord, reason: str) -> None:
+        self.manifest.touch(record, status=UNKNOWN_FATE, error=f"{reason} (state {record.state!r})")
+        self.manifest.commit()
+        if self._may_resubmit(record):
+            # Keep the slot: the job may be running upstream.
+            self.in_doubt[record.image] = time.monotonic() + self.poll_interval
+            self.log.warning(
+                "The answer to submitting %s (state %r) was lost; on_unknown_fate='resubmit': sending "
+                "the same image again in %.1fs (attempt %d of %d); pays twice if the first was accepted",
+                record.image,
+                record.state,
+                self.poll_interval,
+                record.attempts + 1,
+                self.max_submit_attempts,
+            )
+            return
+        self.in_doubt.pop(record.image, None)
+        self.log.error(
+            "The fate of %s is unknown (state %r): %s. Not sending it again (%s); it is recorded "
+            "'unknown_fate' in the manifest.",
+            record.image,
+            record.state,
+            reason,
+            f"on_unknown_fate={self.on_unknown_fate!r}"
+            if self.on_unknown_fate != "resubmit"
+            else f"max_submit_attempts={self.max_submit_attempts} reached",
+        )
+        self._release_waiting(record)
+
+    def _pause(
+        self,
+        record: ManifestRecord,
+        previous: tuple,
+        reconciling: bool,
+        failure: SubmitFailure,
+        err: ApicoreError,
+    ) -> str:
+        """Nothing was accepted: put the image back and pause submitting; jobs in flight stay followed."""
+        self._restore(record, previous)
+        self.manifest.commit()
+        if failure.retry_after is not None:
+            delay = min(max(failure.retry_after, 0.0), MAX_SUBMIT_BACKOFF)
+        else:
+            delay = self.backoff(self.backoffs, max(1.0, self.poll_interval), MAX_SUBMIT_BACKOFF)
+        self.backoffs += 1
+        if self.backoffs > MAX_IDLE_BACKOFFS and not self.tracker.pending:
+            raise err
+        self.paused_until = time.monotonic() + delay
+        if reconciling:
+            self.in_doubt[record.image] = self.paused_until
+        else:
+            self.queue.appendleft(record)
+        self.log.warning(
+            "%s; nothing was accepted. Pausing submissions for %.1fs%s (%d in flight keep being followed)",
+            failure.reason,
+            delay,
+            " as the server asked (Retry-After)" if failure.retry_after is not None else "",
+            len(self.tracker.pending),
+        )
+        return "pause"
+
+    def _restore(self, record: ManifestRecord, previous: tuple) -> None:
+        """Undo the ``pending_submit`` mark of a submission that was refused (nothing was accepted)."""
+        status, state, attempts = previous
+        self.manifest.touch(record, status=status, state=state, attempts=attempts)
+
+    # ------------------------------------------------------------------ following
+    def _follow(self, task_id: str, record: ManifestRecord) -> None:
+        records = self.by_task.setdefault(task_id, [])
+        if record not in records:
+            records.append(record)
+        self.tracker.add([task_id])
+
+    def poll(self) -> None:
+        """One ``list-by-condition`` request for every task in flight."""
+        pending = self.tracker.pending
+        if pending:
+            self.absorb(self.hook.list_tasks(pending), ())
+
+    def absorb(self, tasks: list[MJTask], not_found: Sequence[str]) -> None:
+        """
+        Record one answer about the tasks in flight (from a poll or a trigger event), then give up on
+        the jobs still unfinished past their ``timeout``.
+        """
+        followed = set(self.tracker.pending)
+        self.tracker.update(tasks)
+        for task in tasks:
+            if task.id not in followed:
+                continue
+            records = self.by_task.get(task.id, [])
+            if records and task.is_terminal and task.state and records[0].state not in (None, task.state):
+                # The server answered a resubmission with an existing task (code 21): its tag says which
+                # earlier submission created it.
+                self.log.info(
+                    "Reconciled %s: task %s was created by the earlier submission tagged %r, not by the "
+                    "resubmission tagged %r",
+                    records[0].image,
+                    task.id,
+                    task.state,
+                    records[0].state,
+                )
+            for record in records:
+                before = (record.status, record.start_time)
+                apply_task(record, task)
+                if (record.status, record.start_time) != before:
+                    self.manifest.touch(record)
+            if task.is_terminal:
+                # Finished: the manifest has it now, so only jobs in flight stay in memory here.
+                self.by_task.pop(task.id, None)
+        self.tracker.forget(task.id for task in tasks if task.is_terminal)
+        gone = (set(self.tracker.not_found) | {str(i) for i in not_found}) & followed
+        gone -= self.not_found_seen
+        if gone:
+            self.tracker.discard(gone)
+            for task_id in gone:
+                self.not_found_seen.add(task_id)
+                for record in self.by_task.pop(task_id, []):
+                    self.manifest.touch(
+                        record,
+                        status=NOT_FOUND,
+                        error=f"APICore stopped knowing task {task_id} (expired or removed upstream)",
+                    )
+        self.manifest.commit()
+        self.check_timeouts()
+
+    def check_timeouts(self) -> None:
+        if self.timeout is None:
+            return
+        limit = now_ms() - self.timeout * 1000
+        expired = []
+        for task_id in self.tracker.pending:
+            records = self.by_task.get(task_id) or []
+            if records and records[0].accepted_at is not None and records[0].accepted_at < limit:
+                expired.append(task_id)
+        if not expired:
+            return
+        self.tracker.discard(expired)
+        for task_id in expired:
+            latest = self.tracker.latest.pop(task_id, None)
+            for record in self.by_task.pop(task_id, []):
+                self.manifest.touch(
+                    record,
+                    status=TIMEOUT,
+                    error=(
+                        f"task {task_id} did not finish within {self.timeout:g}s; last seen status "
+                        f"{latest.status.value if latest else 'unknown'}, progress "
+                        f"{(latest.progress if latest else None) or 'unknown'}"
+                    ),
+                )
+        self.log.warning("%d tasks did not finish within %gs; given up", len(expired), self.timeout)
+        self.manifest.commit()
+
+    # ------------------------------------------------------------------ reporting
+    def in_flight_ids(self) -> list[str]:
+        return self.tracker.pending
+
+    def progress(self) -> dict[str, Any]:
+        total = done = failed = 0
+        now = now_ms()
+        window_start = now - RATE_WINDOW_MS
+        recent = 0
+        began = now
+        for r in self.manifest:
+            total += 1
+            if not (r.is_final or (r.status == UNKNOWN_FATE and r.image not in self.in_doubt)):
+                continue
+            done += 1
+            failed += r.status in FAILED_STATUSES
+            # Images finished in the last RATE_WINDOW_MS, over the time since the first of them was
+            # sent: a rate that survives restarts and deferrals because it comes from the manifest.
+            if r.updated_at and r.updated_at >= window_start:
+                recent += 1
+                began = min(began, r.accepted_at or r.updated_at or now)
+        rate = None
+        if recent:
+            began = max(window_start, began)
+            if now - began >= 1000:
+                rate = recent / ((now - began) / 60000)
+        eta = None if not rate else (total - done) / rate * 60
+        return {
+            "total": total,
+            "done": done,
+            "failed": failed,
+            "in_flight": self.slots_used,
+            "to_submit": len(self.queue),
+            "rate": rate,
+            "eta": eta,
+        }
+
+    def log_progress(self, every: float = 60.0) -> None:
+        state = self.progress()
+        key = (state["done"], state["failed"], state["in_flight"], state["to_submit"])
+        now = time.monotonic()
+        if key == self.last_progress and now - self.last_progress_at < every:
+            return
+        self.last_progress, self.last_progress_at = key, now
+        self.log.info(
+            "Progress: %d/%d done, %d failed, %d in flight, %d to submit; %s; ETA %s",
+            state["done"],
+            state["total"],
+            state["failed"],
+            state["in_flight"],
+            state["to_submit"],
+            "rate unknown" if state["rate"] is None else f"{state['rate']:.1f} images/min",
+            duration(state["eta"]),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        counts = self.manifest.counts()
+        failed = sum(n for status, n in counts.items() if status in FAILED_STATUSES)
+        return {
+            "manifest": str(self.manifest.path),
+            "total": len(self.manifest),
+            "succeeded": counts.get(SUCCESS, 0),
+            "failed": failed,
+            "unknown_fate": counts.get(UNKNOWN_FATE, 0),
+            "unique_images": len({r.sha256 for r in self.manifest if r.sha256}),
+            "by_status": dict(sorted(counts.items())),
+        }
+
+    def unknown_fate_examples(self, limit: int = 5) -> list[str]:
+        found = []
+        for record in self.manifest:
+            if record.status == UNKNOWN_FATE:
+                found.append(f"{record.image} (state {record.state!r})")
+                if len(found) >= limit:
+                    break
+        return found
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
