@@ -303,9 +303,17 @@ async def guard(state: EmulatorState, scope: Scope, receive: Receive, send: Send
             held.append(message)
 
         await process(hold)
-        await asyncio.sleep(faults.slow_seconds)
-        for message in held:
-            await send(message)
+        # Processed, answer not sent: what a test waits for before killing a client "mid-air".
+        held_job = outcome.job_id is not None
+        state.answers_held += 1
+        state.jobs_held += held_job
+        try:
+            await asyncio.sleep(faults.slow_seconds)
+            for message in held:
+                await send(message)
+        finally:
+            state.answers_held -= 1
+            state.jobs_held -= held_job
     else:
         await process(send)
     if outcome.job_id is not None:

@@ -187,6 +187,8 @@ class EmulatorState:
         self.job_ids: set[str] = set()
         self.submit_answers_delivered = 0
         self.jobs_unanswered = 0
+        self.answers_held = 0  # processed requests whose answer the slow fault holds right now
+        self.jobs_held = 0  # of which submits that created a job
         self.quota_refused = 0
         self.by_payload: dict[str, list[int]] = {}
         self.by_image: dict[str, list[int]] = {}
@@ -521,6 +523,8 @@ class EmulatorState:
             "jobs_created": self.jobs_created,
             "submit_answers_delivered": self.submit_answers_delivered,
             "jobs_unanswered": self.jobs_unanswered,
+            "answers_held": self.answers_held,
+            "jobs_held": self.jobs_held,
             "duplicate_jobs": _beyond_first(self.by_payload),
             "duplicate_image_jobs": _beyond_first(self.by_image),
             "duplicate_prompt_jobs": _beyond_first(self.by_prompt),

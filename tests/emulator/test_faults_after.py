@@ -7,6 +7,7 @@ job created and its answer not delivered, so a test of a client can count duplic
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 import requests
@@ -144,3 +145,21 @@ def test_only_speed_modes_are_stripped_outside_gateway_mode():
     scope = {"path": "/foo/mj/submit/describe"}
     assert strip_mode(scope, gateway=False) is None and scope["path"] == "/foo/mj/submit/describe"
     assert strip_mode(scope, gateway=True) == "foo" and scope["path"] == "/mj/submit/describe"
+
+
+def test_a_held_answer_is_visible_in_the_stats_until_it_is_sent(start_emulator, client_for, png):
+    faults = {"slow": 1.0, "slow_seconds": 1.5, "endpoints": ["submit"]}
+    api = client_for(start_emulator(job_seconds=5, faults=faults))
+    with pytest.raises(requests.ReadTimeout):
+        api.submit(png(4, 4), timeout=0.3)
+    deadline = time.monotonic() + 10
+    while not (stats := api.server.stats())["answers_held"]:  # the client gave up; the server holds on
+        assert time.monotonic() < deadline, "the answer was never held"
+        time.sleep(0.01)
+    assert (stats["answers_held"], stats["jobs_held"], stats["jobs_created"]) == (1, 1, 1)
+    assert stats["submit_answers_delivered"] == 0
+    deadline = time.monotonic() + 15
+    while (stats := api.server.stats())["answers_held"]:
+        assert time.monotonic() < deadline, "the held answer was never released"
+        time.sleep(0.05)
+    assert stats["jobs_held"] == 0 and stats["submit_answers_delivered"] == 1
