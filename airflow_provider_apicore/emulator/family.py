@@ -171,16 +171,12 @@ class Picture:
     :param size: one panel's (width, height).
     :param scale: drawing scale of a single image (2 for the upscale-again buttons).
     :param png: bytes already drawn (face swap), used as they are.
-    :param keep: Vary (Region): the parent panel kept where ``mask`` is black.
-    :param mask: Vary (Region): the mask image bytes (white = redraw).
     """
 
     panels: list[Panel]
     size: tuple[int, int]
     scale: int = 1
     png: bytes | None = None
-    keep: Panel | None = None
-    mask: bytes | None = None
 
     @property
     def grid(self) -> bool:
@@ -191,7 +187,7 @@ class Picture:
         if self.png is not None:
             return self.png
         if self.grid:
-            return render.grid_png(self.panels, self.size, self.keep, self.mask)
+            return render.grid_png(self.panels, self.size)
         return render.panel_png(self.panels[0], self.size, self.scale)
 
     def dimensions(self) -> tuple[int, int]:
@@ -343,6 +339,7 @@ class FamilyTask(Task):
             "imageWidth": width if self.status == SUCCESS else None,
             "imageHeight": height if self.status == SUCCESS else None,
             "failReason": self.fail_reason,
+            "maskBase64": self.mask,
             "properties": properties,
             "buttons": self.buttons(),
         }
@@ -779,9 +776,6 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
             picture, button_set = Picture(render.grid_panels(digest), render.panel_size(prompt)), "grid"
         elif isinstance(parent, FamilyTask) and parent.picture is not None and button is not None:
             picture, button_set = plan(parent, button, prompt)
-            if button.kind == "inpaint" and task.mask is not None:
-                # The mask is not validated: one Pillow cannot read varies the whole picture.
-                picture.keep, picture.mask = parent.picture.panels[0], _decode_image(task.mask)
         else:
             return refuse(Refusal(3, PARENT_MISSING, status=404))
         png = await asyncio.to_thread(picture.draw)
