@@ -191,6 +191,8 @@ class EmulatorState:
         self.jobs_held = 0  # of which submits that created a job
         self.quota_refused = 0
         self.by_payload: dict[str, list[int]] = {}
+        self.duplicates = {"payload": 0, "image": 0, "prompt": 0}  # jobs beyond the first per key
+        self.images_with_duplicate_jobs = 0
         self.by_image: dict[str, list[int]] = {}
         self.by_prompt: dict[str, list[int]] = {}
         self.requests_by_mode: dict[str, int] = {}
@@ -366,15 +368,19 @@ class EmulatorState:
                 self.jobs_created += 1
         payload_key, images, prompt = submission_keys(path, payload)
         created = 1 if job_id is not None else 0
-        for table, key in ((self.by_payload, payload_key), (self.by_prompt, prompt)):
-            if key is not None:
-                counts = table.setdefault(key, [0, 0])
-                counts[0] += 1
-                counts[1] += created
-        for digest in set(images):
-            counts = self.by_image.setdefault(digest, [0, 0])
+        keyed = [("payload", self.by_payload, payload_key), ("prompt", self.by_prompt, prompt)]
+        keyed += [("image", self.by_image, digest) for digest in set(images)]
+        for kind, table, key in keyed:
+            if key is None:
+                continue
+            counts = table.setdefault(key, [0, 0])
             counts[0] += 1
             counts[1] += created
+            # Kept up to date here so the stats stay O(1) however many images were submitted.
+            if created and counts[1] > 1:
+                self.duplicates[kind] += 1
+                if kind == "image" and counts[1] == 2:
+                    self.images_with_duplicate_jobs += 1
         return job_id
 
     def submissions(self, minimum_jobs: int = 0) -> dict[str, Any]:
@@ -525,20 +531,15 @@ class EmulatorState:
             "jobs_unanswered": self.jobs_unanswered,
             "answers_held": self.answers_held,
             "jobs_held": self.jobs_held,
-            "duplicate_jobs": _beyond_first(self.by_payload),
-            "duplicate_image_jobs": _beyond_first(self.by_image),
-            "duplicate_prompt_jobs": _beyond_first(self.by_prompt),
-            "images_with_duplicate_jobs": sum(1 for v in self.by_image.values() if v[1] > 1),
+            "duplicate_jobs": self.duplicates["payload"],
+            "duplicate_image_jobs": self.duplicates["image"],
+            "duplicate_prompt_jobs": self.duplicates["prompt"],
+            "images_with_duplicate_jobs": self.images_with_duplicate_jobs,
             "quota_refused": self.quota_refused,
             "requests_by_mode": dict(self.requests_by_mode),
             "gateway": self.gateway.stats(),
             "config": self.config.to_dict(),
         }
-
-
-def _beyond_first(table: dict[str, list[int]]) -> int:
-    """Jobs created beyond the first for each key."""
-    return sum(v[1] - 1 for v in table.values() if v[1] > 1)
 
 
 def _always_true(token: str, model: str) -> bool:
