@@ -104,7 +104,6 @@ def add_listed(manifest: Manifest, listed: Sequence[Listed], log: Any) -> int:
             manifest.touch(
                 record,
                 status=PENDING,
-                sha256=None,
                 task_id=None,
                 prompts=[],
                 prompt=None,
