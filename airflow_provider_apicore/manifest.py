@@ -110,7 +110,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass
+@dataclass(slots=True)
 class ManifestRecord:
     """
     What is known about one image.
@@ -166,15 +166,18 @@ class ManifestRecord:
         return self.status == SUCCESS
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # A shallow copy field by field: dataclasses.asdict deep-copies recursively, the manifest's
+        # hottest path when records are written.
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        data["prompts"] = list(self.prompts)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ManifestRecord:
         """Build a record from one manifest line's object; unknown keys are ignored."""
         if not isinstance(data, dict) or not isinstance(data.get("image"), str) or not data["image"]:
             raise ValueError("a manifest record is a JSON object with a non-empty string 'image'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in _FIELD_SET}
         if not isinstance(values.get("prompts", []), list):
             raise ValueError("'prompts' must be a list")
         if not isinstance(values.get("rev", 0), int) or not isinstance(values.get("attempts", 0), int):
@@ -198,6 +201,10 @@ class ManifestRecord:
         ):
             value = getattr(other, name)
             setattr(self, name, list(value) if isinstance(value, list) else value)
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ManifestRecord))
+_FIELD_SET = frozenset(_FIELD_NAMES)
 
 
 def normalised(record: ManifestRecord | dict[str, Any]) -> dict[str, Any]:

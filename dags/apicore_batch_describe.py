@@ -11,6 +11,11 @@ twice. ``write_captions`` then reads the manifest and writes one ``.txt`` captio
 layout training tools expect) plus a small summary.
 
 Run it against the bundled emulator like the other examples, with ``--conf`` overriding the params.
+
+**The default ``manifest_path`` (``/tmp/...``) works on one host only.** The task defers, and the resume
+may run on another worker: on a deployment with several workers set ``manifest_path`` (and
+``output_dir``) to storage every worker sees, e.g. ``s3://bucket/captions/manifest.jsonl`` or a shared
+volume. A resume that cannot find the manifest fails naming it; it never reports an empty success.
 """
 
 from __future__ import annotations
@@ -40,7 +45,10 @@ with DAG(
         "manifest_path": Param(
             "/tmp/apicore-batch/manifest.jsonl",
             type="string",
-            description="The results manifest; kept across runs so each run only describes new images",
+            description=(
+                "The results manifest; kept across runs so each run only describes new images. /tmp works on "
+                "one host only: use s3://... or a shared volume with several workers"
+            ),
         ),
         "output_dir": Param("/tmp/apicore-batch/captions", type="string", description="Where captions go"),
         "max_in_flight": Param(10, type="integer", minimum=1, description="Most Midjourney jobs at once"),

@@ -241,8 +241,10 @@ class BatchLoop:
         if record.sha256 != data.sha256:
             old = record.sha256
             if old and self.by_sha.get(old) is record:
-                # The file changed since it was hashed: its old bytes no longer stand for it.
+                # The file changed since it was hashed: its old bytes no longer stand for it, and images
+                # that waited for it as their identical twin are planned again on their own.
                 del self.by_sha[old]
+                self.queue.extendleft(self.waiting.pop(old, []))
             self.manifest.touch(record, sha256=data.sha256)
         primary = self.by_sha.get(data.sha256)
         if primary is not None and primary is not record:

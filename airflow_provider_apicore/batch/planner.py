@@ -104,6 +104,7 @@ def add_listed(manifest: Manifest, listed: Sequence[Listed], log: Any) -> int:
             manifest.touch(
                 record,
                 status=PENDING,
+                sha256=None,
                 task_id=None,
                 prompts=[],
                 prompt=None,

@@ -78,6 +78,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify_timeout", float, "config", "seconds allowed per notifyHook POST (default 2.0)"),
     Option("notify_workers", int, "config", "notifyHook POSTs in flight at once (default 8)"),
     Option("remix", _bool, "config", "variation, reroll and pan wait for /mj/submit/modal (MODAL)"),
+    Option("image_urls", _bool, "config", "list the four pictures of each grid in imageUrls"),
     Option(
         "dedupe",
         _bool,

@@ -46,6 +46,8 @@ class EmulatorConfig:
     :param remix: the account has remix on: variation, reroll and pan buttons answer code 21
         "Waiting for window confirm" and wait in status MODAL for ``/mj/submit/modal``, as
         Custom Zoom and Vary (Region) always do (a request's ``enableRemix: true`` does the same).
+    :param image_urls: list each grid's four pictures in ``imageUrls`` (``[{"url", "thumbnail"}]``),
+        as a server with its official-CDN option on does; off by default, as on most servers.
     :param faults: fault injection knobs, see :class:`FaultConfig`.
     """
 
@@ -60,6 +62,7 @@ class EmulatorConfig:
     notify_workers: int = 8
     dedupe: bool = False
     remix: bool = False
+    image_urls: bool = False
     gateway: bool = False
     gateway_refresh: float = 15.0
     gateway_task_timeout: float = 3600.0
@@ -87,8 +90,9 @@ class EmulatorConfig:
                 raise EmulatorConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         require_number("gateway_refresh", self.gateway_refresh, minimum=0.01)
         require_number("gateway_task_timeout", self.gateway_task_timeout, minimum=0.0)
-        if not isinstance(self.remix, bool):
-            raise EmulatorConfigError(f"remix must be true or false, got {self.remix!r}")
+        for name in ("remix", "image_urls"):
+            if not isinstance(getattr(self, name), bool):
+                raise EmulatorConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.faults.validate()
 
     def to_dict(self) -> dict[str, Any]:

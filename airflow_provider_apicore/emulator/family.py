@@ -171,12 +171,16 @@ class Picture:
     :param size: one panel's (width, height).
     :param scale: drawing scale of a single image (2 for the upscale-again buttons).
     :param png: bytes already drawn (face swap), used as they are.
+    :param keep: Vary (Region): the parent panel kept where ``mask`` is black.
+    :param mask: Vary (Region): the mask image bytes (white = redraw).
     """
 
     panels: list[Panel]
     size: tuple[int, int]
     scale: int = 1
     png: bytes | None = None
+    keep: Panel | None = None
+    mask: bytes | None = None
 
     @property
     def grid(self) -> bool:
@@ -187,7 +191,7 @@ class Picture:
         if self.png is not None:
             return self.png
         if self.grid:
-            return render.grid_png(self.panels, self.size)
+            return render.grid_png(self.panels, self.size, self.keep, self.mask)
         return render.panel_png(self.panels[0], self.size, self.scale)
 
     def dimensions(self) -> tuple[int, int]:
@@ -214,6 +218,7 @@ class FamilyTask(Task):
         "digest",
         "final_prompt",
         "job_hash",
+        "list_urls",
         "mask",
         "modal_kind",
         "parent_id",
@@ -261,6 +266,7 @@ class FamilyTask(Task):
         self.custom_id = custom_id
         self.bot_type = bot_type
         self.mask: str | None = None
+        self.list_urls = False  # imageUrls for a grid (the ``image_urls`` option when created)
         self.modal_kind: ButtonAction | None = None
         self.job_hash = str(uuid.UUID(bytes=derive(digest, task_id)[:16], version=4))
         self.seed = int.from_bytes(derive(digest, "seed")[:4], "big") % 4_294_967_295
@@ -339,10 +345,17 @@ class FamilyTask(Task):
             "imageWidth": width if self.status == SUCCESS else None,
             "imageHeight": height if self.status == SUCCESS else None,
             "failReason": self.fail_reason,
-            "maskBase64": self.mask,
             "properties": properties,
             "buttons": self.buttons(),
+            **({"imageUrls": self.panel_urls()} if self.list_urls else {}),
         }
+
+    def panel_urls(self) -> list[dict[str, str]] | None:
+        """``imageUrls`` of a finished grid: each picture alone (``/_emulator/images/<id>/<i>.png``)."""
+        if self.status != SUCCESS or self.picture is None or not self.picture.grid:
+            return None
+        urls = (f"{self.public_base}/_emulator/images/{self.id}/{i}.png" for i in range(4))
+        return [{"url": url, "thumbnail": url} for url in urls]
 
 
 class Refusal(Exception):
@@ -482,6 +495,7 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
 
         def build(task_id: str, fate: TaskFate) -> Task:
             task = FamilyTask(task_id, picture=picture, fate=fate, **fields)
+            task.list_urls = bool(getattr(state.config, "image_urls", False))
             if png is not None and picture is not None:
                 task.set_picture(picture, png)
             if describe is not None:
@@ -776,6 +790,9 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
             picture, button_set = Picture(render.grid_panels(digest), render.panel_size(prompt)), "grid"
         elif isinstance(parent, FamilyTask) and parent.picture is not None and button is not None:
             picture, button_set = plan(parent, button, prompt)
+            if button.kind == "inpaint" and task.mask is not None:
+                # The mask is not validated: one Pillow cannot read varies the whole picture.
+                picture.keep, picture.mask = parent.picture.panels[0], _decode_image(task.mask)
         else:
             return refuse(Refusal(3, PARENT_MISSING, status=404))
         png = await asyncio.to_thread(picture.draw)
@@ -918,6 +935,23 @@ def add_family_routes(app: FastAPI, state: EmulatorState) -> None:
         if found is None:
             return JSONResponse({"error": {"message": f"no upload {name}", "type": "not_found"}}, 404)
         return Response(found[0], media_type=found[1])
+
+    @app.get("/_emulator/images/{task_id}/{name}")
+    async def grid_picture(task_id: str, name: str) -> Response:
+        task = state.get(task_id)
+        index = name.removesuffix(".png")
+        picture = task.picture if isinstance(task, FamilyTask) and task.image else None
+        if (
+            picture is None
+            or not picture.grid
+            or index not in ("0", "1", "2", "3")
+            or not name.endswith(".png")
+        ):
+            return JSONResponse(
+                {"error": {"message": f"no image {task_id}/{name}", "type": "not_found"}}, 404
+            )
+        png = await asyncio.to_thread(render.panel_png, picture.panels[int(index)], picture.size)
+        return Response(png, media_type="image/png")
 
     if not any(getattr(route, "path", None) == "/mj/image/{task_id}" for route in app.routes):
 

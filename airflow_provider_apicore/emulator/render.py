@@ -121,17 +121,30 @@ def to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def grid_png(panels: list[Panel], size: tuple[int, int]) -> bytes:
+def grid_png(
+    panels: list[Panel], size: tuple[int, int], keep: Panel | None = None, mask: bytes | None = None
+) -> bytes:
     """
     A 2x2 grid (panel 1 top left, 2 top right, 3 bottom left, 4 bottom right).
 
     :param panels: four panels.
     :param size: one panel's (width, height).
+    :param keep: Vary (Region): the parent panel whose pixels stay where ``mask`` is black.
+    :param mask: Vary (Region): an image (any size, stretched to the panel); white marks what is
+        redrawn, black what is kept. Ignored when Pillow cannot read it.
     """
     width, height = size
+    region = _open(mask) if mask is not None and keep is not None else None
+    kept = draw_panel(keep, width, height) if region is not None and keep is not None else None
+    select = None
+    if region is not None:  # a crisp edge between kept and redrawn parts
+        select = region.convert("L").resize((width, height), Image.Resampling.NEAREST)
     grid = Image.new("RGB", (2 * width, 2 * height))
     for i, panel in enumerate(panels[:4]):
-        grid.paste(draw_panel(panel, width, height), ((i % 2) * width, (i // 2) * height))
+        drawn = draw_panel(panel, width, height)
+        if kept is not None and select is not None:
+            drawn = Image.composite(drawn, kept, select)
+        grid.paste(drawn, ((i % 2) * width, (i // 2) * height))
     return to_png(grid)
 
 

@@ -89,6 +89,7 @@ class MJActionOperator(ImageOutputMixin, MJSubmitOperator):
         *MJSubmitOperator.template_fields,
         "mj_task_id",
         "action",
+        "index",
         "custom_id",
         "prompt",
         "mask",

@@ -15,6 +15,7 @@ from tests.emulator.family_support import (
     assert_distinct_panels,
     image_of,
     imagine,
+    quadrants,
     stats,
     submit_ok,
     succeeded,
@@ -150,3 +151,29 @@ def test_niji_bot_type_is_kept(start_emulator, client_for):
     api = client_for(start_emulator())
     assert imagine(api, "a koi", botType="NIJI_JOURNEY")["botType"] == "NIJI_JOURNEY"
     assert imagine(api, "a koi")["botType"] == "MID_JOURNEY"
+
+
+def test_image_urls_option_lists_each_picture_of_the_grid(start_emulator, client_for):
+    api = client_for(start_emulator(image_urls=True))
+    task = imagine(api, "four windows")
+    urls = [item["url"] for item in task["imageUrls"]]
+    assert urls == [f"{api.url}/_emulator/images/{task['id']}/{i}.png" for i in range(4)]
+    assert [item["thumbnail"] for item in task["imageUrls"]] == urls
+    grid = quadrants(image_of(api, task))
+    for url, quadrant in zip(urls, grid, strict=True):
+        response = requests.get(url, timeout=10)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(response.content)).convert("RGB").tobytes() == quadrant.tobytes()
+    assert requests.get(f"{api.url}/_emulator/images/{task['id']}/4.png", timeout=10).status_code == 404
+    upscale = succeeded(
+        api,
+        submit_ok(
+            api, "/mj/submit/action", {"taskId": task["id"], "customId": task["buttons"][0]["customId"]}
+        ),
+    )
+    assert upscale["imageUrls"] is None
+
+
+def test_image_urls_are_absent_by_default(start_emulator, client_for):
+    api = client_for(start_emulator())
+    assert "imageUrls" not in imagine(api, "four windows")

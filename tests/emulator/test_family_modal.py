@@ -17,6 +17,7 @@ from tests.emulator.family_support import (
     finished,
     image_of,
     imagine,
+    quadrants,
     stats,
     submit_ok,
     succeeded,
@@ -204,3 +205,15 @@ def test_remix_is_a_command_line_option_and_an_environment_variable():
     assert resolve(build_parser().parse_args([]), {})[1].remix is False
     assert resolve(build_parser().parse_args(["--remix", "true"]), {})[1].remix is True
     assert resolve(build_parser().parse_args([]), {"APICORE_EMULATOR_REMIX": "1"})[1].remix is True
+
+
+def test_vary_region_keeps_what_the_mask_leaves_black(api, png, data_url):
+    parent = upscaled(api)
+    held = act(api, parent, button(parent, "Vary (Region)"))["result"]
+    # A mask of another size: left half black (keep), right half white (redraw).
+    mask = png(64, 32, lambda x, y: (0, 0, 0) if x < 32 else (255, 255, 255))
+    submit_ok(api, "/mj/submit/modal", {"taskId": held, "prompt": "a barn", "maskBase64": data_url(mask)})
+    source = image_of(api, parent)
+    for panel in quadrants(image_of(api, succeeded(api, held))):
+        assert panel.crop((0, 0, 128, 256)).tobytes() == source.crop((0, 0, 128, 256)).tobytes()
+        assert difference(panel.crop((128, 0, 256, 256)), source.crop((128, 0, 256, 256))) > 1
