@@ -13,7 +13,7 @@ trap 'rm -rf "$TMP"' EXIT
 "$PYTHON" -m venv "$TMP/venv"
 "$TMP/venv/bin/python" -m pip install --quiet --upgrade pip
 "$TMP/venv/bin/python" -m pip install --quiet "apache-airflow==${AIRFLOW_VERSION}" \
-    ".[emulator,s3,openlineage,parquet,images,test,integration]" \
+    ".[emulator,s3,celery,openlineage,parquet,images,test,integration]" \
     apache-airflow-providers-celery "moto[s3,server]" redis
 "$TMP/venv/bin/python" -m pip check
 {
