@@ -1,13 +1,16 @@
 """
 Soak: 1,000 images through MJBatchDescribeOperator under realistic faults, with a real crash.
 
-The account runs 50 jobs at once (0.1 s each) and misbehaves at realistic rates: 5 % 5xx, 2 % 429
-(Retry-After: 1), 1 % connections dropped, 1 % slow answers, 0.5 % HTML error pages, 0.5 % truncated
-JSON, 1 % "queue full", 1 % of jobs FAILURE, a few stuck and one vanishing. The batch runs in a
-subprocess that SIGKILLs itself at a poll after 450 accepted jobs (nothing is in the air then: the
-manifest's journal must carry everything), and a second subprocess, the retry, finishes from the
-manifest. Every image must end described or failed with a reason: 0 lost, and 0 duplicate jobs by
-the emulator's own counter. The hook keeps its real retry schedule (1 s base backoff).
+The account runs 50 jobs at once (0.1 s each), does not deduplicate (as the real servers), and
+misbehaves at realistic rates: 2 % 5xx, 2 % 429 (Retry-After: 1), 1 % connections dropped before
+processing, 1 % slow answers, 0.5 % HTML error pages, 0.5 % truncated JSON, 1 % "queue full", and
+**after** processing (the job exists): 2 % 5xx, 0.5 % a proxy's HTML 502 and 0.5 % a dropped
+connection; 1 % of jobs FAILURE, a few stuck and one vanishing. The batch runs in a subprocess that
+SIGKILLs itself while submission 450 is in the air (the server has processed it, the answer never
+arrives), and a second subprocess, the retry, finishes from the manifest. Every image must end
+described or failed with a reason (unknown fates with their state tag): 0 lost, and **0 duplicate
+jobs** by the emulator's own counter; every job upstream is one the manifest names, by task id or, for
+an unknown fate, by the state tag of its only submission.
 Counts go to stdout (``pytest -s``) and results/soak.json.
 """
 
@@ -48,7 +51,7 @@ TIMEOUT_SECONDS = 20
 SEED = 2
 ACCOUNT = {"job_seconds": 0.1, "concurrency": 50, "queue_size": 200, "seed": SEED, "dedupe": False}
 FAULTS = {
-    "http_5xx": 0.05,
+    "http_5xx": 0.02,
     "http_429": 0.02,
     "retry_after": 1,
     "drop_before": 0.01,
@@ -57,6 +60,9 @@ FAULTS = {
     "html_error": 0.005,
     "malformed_json": 0.005,
     "queue_full": 0.01,
+    "http_5xx_after": 0.02,
+    "html_error_after": 0.005,
+    "drop_after": 0.005,
     "task_failure": 0.01,
     "stuck": 0.004,
     "vanish": 0.002,
@@ -70,22 +76,22 @@ SCRIPT = textwrap.dedent(
     from airflow_provider_apicore.operators.batch_describe import MJBatchDescribeOperator
 
     crash_after = int(os.environ["SOAK_CRASH_AFTER"])
-    accepted = 0
-    submit, list_tasks = ApicoreHook.submit_describe, ApicoreHook.list_tasks
+    sent = 0
+    submit = ApicoreHook.submit_describe
 
-    def counting_submit(self, payload, validate=True, retries=None):
-        global accepted
-        result = submit(self, payload, validate, retries)
-        accepted += 1
-        return result
+    def crashing_submit(self, payload, validate=True, retries=None):
+        global sent
+        sent += 1
+        if crash_after and sent >= crash_after:
+            # The submission reaches the server and is processed; the worker dies before the answer
+            # is read: the manifest says pending_submit, with its state tag.
+            try:
+                submit(self, payload, validate, retries)
+            finally:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return submit(self, payload, validate, retries)
 
-    def crashing_list(self, ids):
-        # A poll starts between two submissions: nothing is in the air. Die without any cleanup.
-        if crash_after and accepted >= crash_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return list_tasks(self, ids)
-
-    ApicoreHook.submit_describe, ApicoreHook.list_tasks = counting_submit, crashing_list
+    ApicoreHook.submit_describe = crashing_submit
     op = MJBatchDescribeOperator(
         task_id="soak", source=sys.argv[1], manifest_path=sys.argv[2], max_in_flight=50,
         poll_interval=0.1, timeout=float(sys.argv[3]), flush_interval=5,
@@ -131,8 +137,9 @@ def test_a_thousand_images_with_faults_and_a_crash_end_with_every_image_accounte
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     after_crash = {r.image: r for r in read_manifest(manifest)}
     accepted_before = {image: r.task_id for image, r in after_crash.items() if r.task_id}
-    assert len(accepted_before) >= CRASH_AFTER
-    assert not [r for r in after_crash.values() if r.status == "pending_submit"], "nothing was in the air"
+    assert len(accepted_before) >= CRASH_AFTER * 0.9
+    in_the_air = [r for r in after_crash.values() if r.status == "pending_submit"]
+    assert len(in_the_air) == 1, "exactly the submission being sent was in the air"
 
     second = _run(emulator, source, manifest, 0)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -163,6 +170,8 @@ def test_a_thousand_images_with_faults_and_a_crash_end_with_every_image_accounte
         "submissions_accepted": stats["submissions_accepted"],
         "requests": stats["requests"],
         "faults_injected": stats["faults_injected"],
+        "unknown_fate": statuses[UNKNOWN_FATE],
+        "unknown_fate_with_a_job_upstream": 0,
         "resubmitted_after_lost_answer": sum(1 for r in records.values() if r.attempts > 1),
         "crash": {"accepted_before_kill": len(accepted_before), "in_flight_at_restart": in_flight},
         "wall_seconds": round(seconds, 1),
@@ -176,26 +185,43 @@ def test_a_thousand_images_with_faults_and_a_crash_end_with_every_image_accounte
     assert not lost and len(records) == IMAGES
     assert all(r.status in FINAL_STATUSES or r.status == UNKNOWN_FATE for r in records.values())
     assert counts["failed_without_reason"] == 0
-    # 0 duplicates: every job the server started belongs to exactly one image, and no image accepted
-    # before the crash was sent again.
+    # 0 duplicates: every job the server started belongs to exactly one image, no image accepted before
+    # the crash was sent again, and nothing whose fate was unknown was sent again (on_unknown_fate
+    # defaults to "record").
     task_ids = [r.task_id for r in records.values() if r.task_id]
     assert stats["duplicate_submissions"] == 0
-    assert stats["submissions_accepted"] == stats["tasks_created"] == len(set(task_ids)) == len(task_ids)
+    assert len(set(task_ids)) == len(task_ids)
+    assert counts["resubmitted_after_lost_answer"] == 0
     assert all(records[image].task_id == task_id for image, task_id in accepted_before.items())
-    # Each failure is the server's: its reason, the stuck job's timeout, the vanished job.
+    unknown = {r.state: r for r in records.values() if r.status == UNKNOWN_FATE}
+    assert all(state and r.error and state in r.error for state, r in unknown.items())
+    assert records[in_the_air[0].image].status == UNKNOWN_FATE
+    assert in_the_air[0].state in unknown
+    # Every job upstream is named by the manifest: by its task id, or by the state tag of an image whose
+    # answer was lost (at most one job each, as each was sent once).
+    named = set(task_ids)
+    orphans = [t for t in tasks.values() if t["id"] not in named]
+    assert all(t["state"] in unknown for t in orphans)
+    assert len({t["state"] for t in orphans}) == len(orphans)
+    counts["unknown_fate_with_a_job_upstream"] = len(orphans)
+    (results / "soak.json").write_text(json.dumps(counts, indent=2) + "\n")
+    print("orphaned jobs of unknown-fate images:", len(orphans))
+    assert stats["tasks_created"] == len(named) + len(orphans)
+    # Each failure is the server's: its reason, the stuck job's timeout, the vanished job (a job whose
+    # answer was lost may also have drawn one of those fates, unseen by the batch).
     injected = stats["faults_injected"]
-    assert statuses["FAILURE"] == injected["task_failure"] >= 1
-    assert statuses[TIMEOUT] == injected["stuck"] >= 1
-    assert statuses[NOT_FOUND] == injected["vanish"]
+    assert 1 <= statuses["FAILURE"] <= injected["task_failure"]
+    assert 1 <= statuses[TIMEOUT] <= injected["stuck"]
+    assert statuses[NOT_FOUND] <= injected["vanish"]
     for record in failed:
         task = tasks.get(record.task_id)
         if record.status == "FAILURE":
             assert record.error in FAIL_REASONS and task["failReason"] == record.error
         elif record.status == TIMEOUT:
             assert task["status"] == "IN_PROGRESS" and "last seen status IN_PROGRESS" in record.error
-    assert described == IMAGES - len(failed) >= IMAGES * 0.97
+    assert described == IMAGES - len(failed) >= IMAGES * 0.9
     # The faults really happened, at about the rates asked.
-    for kind in ("http_5xx", "http_429", "drop_before", "slow", "queue_full"):
+    for kind in ("http_5xx", "http_429", "drop_before", "slow", "queue_full", "http_5xx_after", "drop_after"):
         assert injected[kind] >= 1, kind
-    assert counts["resubmitted_after_lost_answer"] >= 1
+    assert len(orphans) >= 2, "answers were lost after the server created the job"
     assert seconds < 240, f"the soak took {seconds:.0f}s"
