@@ -1,8 +1,12 @@
 """
-Variations, upscales, zooms and pans of one imagined picture, each step reading its parent from XCom.
+Variations, upscales, zooms and pans of one imagined picture, each step reading its parent from XCom;
+plus the rest of the family on the way: shorten, blend, face swap and the image seed.
 
+shorten (the prompt's shorter versions)
 imagine -> vary (V<n> of the grid, cut into four) -> upscale (U1 of the variation) ->
-[zoom_out (Zoom Out 2x), custom_zoom (a window confirmed with "--zoom 1.5"), pan_right] -> summarize
+[zoom_out (Zoom Out 2x), custom_zoom (a window confirmed with "--zoom 1.5"), pan_right, image_seed]
+vary -> [blend (two of its pictures), swap_face (the face of one onto another)]
+all -> summarize
 
 Each action names its parent with a template, ``mj_task_id="{{ ti.xcom_pull(task_ids='vary',
 key='task_id') }}"``, and a readable action; the operator finds the button's ``customId`` in the
@@ -22,7 +26,10 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_apicore.operators.action import MJActionOperator
+from airflow_provider_apicore.operators.blend import MJBlendOperator
 from airflow_provider_apicore.operators.imagine import MJImagineOperator
+from airflow_provider_apicore.operators.shorten import MJShortenOperator
+from airflow_provider_apicore.operators.swap_face import MJSwapFaceOperator
 
 POLL_INTERVAL = float(os.environ.get("APICORE_EXAMPLE_POLL_INTERVAL", "5"))
 TIMEOUT = float(os.environ.get("APICORE_EXAMPLE_TIMEOUT", "900"))
@@ -103,9 +110,42 @@ with DAG(
     )
 
     @task
-    def summarize(ti=None) -> dict:
-        """The files each step stored (paths from XCom)."""
-        steps = ["imagine", "vary", "upscale", "zoom_out", "custom_zoom", "pan_right"]
-        return {step: (ti.xcom_pull(task_ids=step) or {}).get("files", []) for step in steps}
+    def image_seed(ti=None) -> str:
+        """The seed of the upscaled picture (``GET /mj/task/{id}/image-seed``)."""
+        from airflow_provider_apicore.hooks.apicore import ApicoreHook
 
-    imagine >> vary >> upscale >> [zoom_out, custom_zoom, pan_right] >> summarize()
+        return ApicoreHook().get_image_seed(ti.xcom_pull(task_ids="upscale", key="task_id"))
+
+    shorten = MJShortenOperator(task_id="shorten", prompt="{{ params.prompt }}", **WAIT)
+
+    # Images from an upstream XCom: the rendered list of stored paths.
+    blend = MJBlendOperator(
+        task_id="blend",
+        images="{{ ti.xcom_pull(task_ids='vary')['files'][:2] }}",
+        dimensions="PORTRAIT",
+        output_path=f"{out}/blended",
+        deferrable=True,
+        **WAIT,
+    )
+    swap_face = MJSwapFaceOperator(
+        task_id="swap_face",
+        source_image="{{ ti.xcom_pull(task_ids='vary')['files'][0] }}",
+        target_image="{{ ti.xcom_pull(task_ids='vary')['files'][3] }}",
+        output_path=f"{out}/swapped",
+        **WAIT,
+    )
+
+    @task
+    def summarize(ti=None) -> dict:
+        """The files each step stored (paths from XCom), the shortened prompts and the seed."""
+        steps = ["imagine", "vary", "upscale", "zoom_out", "custom_zoom", "pan_right", "blend", "swap_face"]
+        summary = {step: (ti.xcom_pull(task_ids=step) or {}).get("files", []) for step in steps}
+        summary["shortened"] = (ti.xcom_pull(task_ids="shorten") or {}).get("prompts", [])
+        summary["seed"] = ti.xcom_pull(task_ids="image_seed")
+        return summary
+
+    seed = image_seed()
+    done = summarize()
+    imagine >> vary >> upscale >> [zoom_out, custom_zoom, pan_right, seed] >> done
+    vary >> [blend, swap_face] >> done
+    shorten >> done

@@ -5,7 +5,8 @@ The family example DAGs for real: ``airflow dags test`` against the emulator ove
 (mapped, deferrable; the grid cut into four PNGs), and all four pictures of each grid upscaled
 (``expand_kwargs``), every file stored under ``output_path`` and checked as an image.
 ``apicore_variations_zoom``: imagine -> variation -> upscale -> zoom out, custom zoom (the MODAL window
-confirmed through /mj/submit/modal) and pan, each step naming its parent through an XCom template.
+confirmed through /mj/submit/modal) and pan, each step naming its parent through an XCom template;
+shorten, blend and face swap of the variation's pictures, and the upscale's image seed.
 """
 
 from __future__ import annotations
@@ -122,8 +123,12 @@ def test_variations_zoom_runs_every_action_including_the_modal_window(
     )
     assert "Waiting for window confirm" in result.output or "status MODAL" in result.output
     summary = result.xcom("summarize")
-    for step in ("imagine", "vary", "upscale", "zoom_out", "custom_zoom", "pan_right"):
+    for step in ("imagine", "vary", "upscale", "zoom_out", "custom_zoom", "pan_right", "blend", "swap_face"):
         assert summary[step], step
         for path in summary[step]:
             assert image_size(Path(path))[0] > 0
     assert len(list((out / "zoomed").iterdir())) == 2
+    assert result.xcom("blend")["action"] == "BLEND" and result.xcom("swap_face")["action"] == "SWAP_FACE"
+    # Shorten: shorter prompts parsed from the analysis; the seed of the upscaled picture: digits.
+    assert summary["shortened"] and all(len(p) < 40 for p in summary["shortened"])
+    assert str(summary["seed"]).isdigit()
