@@ -167,7 +167,8 @@ def write_fanout_results(
     :param imagefolder_metadata: write a Hugging Face ImageFolder ``metadata.jsonl`` at ``root``
     :param parquet_path: also write the records as Parquet there (needs the ``parquet`` extra)
     :param stats: write ``_stats.json`` into ``output_dir``
-    :return: a small summary for XCom
+    :return: a small summary for XCom: ``manifest``, ``images``, ``succeeded``, ``failed``, ``captions``,
+        and the paths of ``imagefolder_metadata`` and ``parquet`` when asked for
     """
     records = fanout_records(images, results, task_ids, apicore_conn_id)
     out = to_storage_path(output_dir)
@@ -193,9 +194,8 @@ def write_fanout_results(
         "failed": sum(1 for r in records if r.status in FAILED_STATUSES),
         "captions": outputs.get("captions", {}).get("written", 0),
     }
+    # Paths of the outputs asked for beyond the defaults (``_stats.json`` is always <output_dir>/_stats.json).
     for key in ("imagefolder_metadata", "parquet"):
         if key in outputs:
             summary[key] = outputs[key]["path"]
-    if "stats" in outputs:
-        summary["stats"] = outputs["stats"]
     return summary
