@@ -31,12 +31,20 @@ def _assignment(specs: list[dict]) -> dict[str, str]:
     return {path: spec["manifest_path"] for spec in specs for path in spec["source"]}
 
 
+#: The one non-image of make_image_tree that the quick listing (by name) keeps: its content is text.
+FAKE_PNG = "sub dir/fake.PNG"
+
+
 def test_every_image_lands_in_exactly_one_shard_and_the_plan_is_reproducible(tmp_path: Path) -> None:
     tree = make_image_tree(tmp_path / "images", count=60, duplicates=0)
     specs = plan_shards(tree.root, shards=4, manifest_prefix=tmp_path / "m", account_limit=12)
     listed = [p for spec in specs for p in spec["source"]]
-    assert sorted(listed) == sorted(str(p) for p in tree.images), "non-images skipped, each image once"
+    expected = sorted(str(p) for p in tree.images)
+    # By name and size: hidden, empty, .txt and .bin files skipped; a text file named .PNG kept.
+    assert sorted(listed) == sorted([*expected, str(tree.root / FAKE_PNG)])
     assert len(listed) == len(set(listed))
+    by_content = plan_shards(tree.root, shards=4, manifest_prefix=tmp_path / "m", check_content=True)
+    assert sorted(p for spec in by_content for p in spec["source"]) == expected
     assert {spec["max_in_flight"] for spec in specs} == {3}
     assert [spec["manifest_path"] for spec in specs] == [part_path(tmp_path / "m", k) for k in range(4)]
     assert min(len(spec["source"]) for spec in specs) >= 5, "a hash spreads 60 images over 4 shards"
@@ -51,7 +59,7 @@ def test_a_growing_folder_keeps_every_old_image_in_its_shard(tmp_path: Path) -> 
     extra = make_image_tree(tmp_path / "more", count=30, duplicates=0)
     shutil.copytree(extra.root, tree.root / "added later", dirs_exist_ok=True)
     after = _assignment(plan_shards(tree.root, shards=3, manifest_prefix=tmp_path / "m"))
-    assert len(after) == len(before) + 30
+    assert len(after) == len(before) + 31  # 30 images and one more fake.PNG
     assert {path: after[path] for path in before} == before
 
 
@@ -113,10 +121,12 @@ def test_the_sharded_dag_describes_a_directory_with_mapped_batches(
     assert run.returncode == 0, run.output[-4000:]
     assert run.state == "success"
     assert run.states("describe_shard") == ["success"] * 3
-    records = read_sharded_manifest(tmp_path / "manifest")
-    assert sorted(r.image for r in records) == sorted(str(p) for p in tree.images)
-    assert {r.status for r in records} == {"SUCCESS"}
-    assert len(read_manifest(tmp_path / "manifest" / "combined.jsonl")) == 45
+    records = {r.image: r for r in read_sharded_manifest(tmp_path / "manifest")}
+    fake = str(tree.root / FAKE_PNG)
+    assert sorted(records) == sorted([*(str(p) for p in tree.images), fake])
+    assert records.pop(fake).status == "rejected", "the shard checked the content and refused it"
+    assert {r.status for r in records.values()} == {"SUCCESS"}
+    assert len(read_manifest(tmp_path / "manifest" / "combined.jsonl")) == 46
     assert run.xcom("merge_manifest")["captions"] == 45
     stats = emulator.stats()
     assert stats["submissions_accepted"] == 45 and stats["duplicate_jobs"] == 0
