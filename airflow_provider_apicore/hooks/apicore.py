@@ -220,6 +220,9 @@ class ApicoreHook(BaseHook):
         """Close pooled connections (sync and async clients are closed by :meth:`aclose`)."""
         if self._transport is not None:
             self._transport.close()
+        if getattr(self, "_image_fetcher", None) is not None:
+            self._image_fetcher.close()
+            self._image_fetcher = None
 
     async def aclose(self) -> None:
         """Close the async client, if one was opened."""
