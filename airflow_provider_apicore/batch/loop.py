@@ -17,7 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_apicore.batch.submit import SubmitFailure, Verdict, classify, submit_once
-from airflow_provider_apicore.exceptions import ApicoreConfigError, ApicoreError, ApicoreInputError
+from airflow_provider_apicore.exceptions import (
+    ApicoreConfigError,
+    ApicoreError,
+    ApicoreInputError,
+    ApicoreQuotaExceededError,
+)
 from airflow_provider_apicore.hooks.apicore import retry_delay
 from airflow_provider_apicore.images import ImageData, ImageReadError, load_image
 from airflow_provider_apicore.manifest import (
@@ -42,6 +47,7 @@ from airflow_provider_apicore.tracking import TaskTracker
 if TYPE_CHECKING:
     import logging
 
+    from airflow_provider_apicore.account import QuotaGuard
     from airflow_provider_apicore.hooks.apicore import ApicoreHook
     from airflow_provider_apicore.models import MJTask
 
@@ -127,6 +133,11 @@ class BatchLoop:
         self.last_progress_at = 0.0
         #: set by ``on_kill``: submit nothing more
         self.stopping = False
+        #: the balance guard (``min_quota_usd``), set by the operator
+        self.quota: QuotaGuard | None = None
+        #: why submitting stopped for balance: jobs in flight are followed to the end, unsent images
+        #: stay ``pending`` for a rerun after topping up
+        self.quota_stop: str | None = None
 
     # ------------------------------------------------------------------ setup
     def prepare(self, fresh: bool) -> None:
@@ -183,7 +194,7 @@ class BatchLoop:
 
     @property
     def finished(self) -> bool:
-        if self.stopping:
+        if self.stopping or self.quota_stop:
             return not self.tracker.pending
         return not (self.queue or self.waiting or self.in_doubt or self.tracker.pending)
 
@@ -214,12 +225,14 @@ class BatchLoop:
     # ------------------------------------------------------------------ submitting
     def fill_slots(self) -> None:
         """Reconcile lost answers that are due, then submit new images while slots are free."""
-        if self.stopping:
+        if self.stopping or self.quota_stop:
             return
         now = time.monotonic()
         for image, due in sorted(self.in_doubt.items(), key=lambda item: item[1]):
             if due > now or now < self.paused_until or self.stopping:
                 continue
+            if not self._quota_allows():
+                return
             record = self.manifest.get(image)
             if record is not None and self.send(record, reconciling=True) == "pause":
                 return
@@ -229,6 +242,8 @@ class BatchLoop:
             and time.monotonic() >= self.paused_until
             and not self.stopping
         ):
+            if not self._quota_allows():
+                return
             record = self.queue.popleft()
             if self._process(record) == "pause":
                 return
@@ -383,6 +398,12 @@ class BatchLoop:
         if failure.verdict is Verdict.REJECT:
             self._final(record, REJECTED, failure.reason)
             return None
+        if isinstance(err, ApicoreQuotaExceededError):
+            # Nothing accepted: the image stays as it was (pending) for a rerun after topping up.
+            self._restore(record, previous)
+            self.manifest.commit()
+            self.stop_for_quota(f"APICore refused a submission for balance ({err.reason})")
+            return "pause"
         # Answered (or never sent) and nothing was accepted: the manifest must say so before failing.
         self._restore(record, previous)
         self.manifest.commit()
@@ -448,6 +469,28 @@ class BatchLoop:
             len(self.tracker.pending),
         )
         return "pause"
+
+    def _quota_allows(self) -> bool:
+        """Whether the next image may be sent: False (and submitting stops) below ``min_quota_usd``."""
+        if self.quota_stop:
+            return False
+        if self.quota is None or self.quota.may_submit():
+            return True
+        self.stop_for_quota(self.quota.stop_reason or "the balance is below min_quota_usd")
+        return False
+
+    def stop_for_quota(self, reason: str) -> None:
+        """Submit nothing more; the jobs in flight are followed to the end, unsent images stay pending."""
+        if self.quota_stop:
+            return
+        self.quota_stop = reason
+        self.log.warning(
+            "Stopped submitting: %s. The %d jobs in flight are followed to the end; %d images stay pending "
+            "for a rerun after the token is topped up.",
+            reason,
+            len(self.tracker.pending),
+            self.manifest.counts().get(PENDING, 0),
+        )
 
     def _restore(self, record: ManifestRecord, previous: tuple) -> None:
         """Undo the ``pending_submit`` mark of a submission that was refused (nothing was accepted)."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, ObjectStoragePath, conf
 from airflow.sdk.exceptions import TaskDeferred
 
+from airflow_provider_apicore.account import QuotaGuard, usd_amount
 from airflow_provider_apicore.batch.errors import LeaseLostError, ManifestUnavailableError, UnknownFateError
 from airflow_provider_apicore.batch.lease import FencingToken, ManifestLease
 from airflow_provider_apicore.batch.loop import (
@@ -29,7 +30,7 @@ from airflow_provider_apicore.batch.planner import add_listed, list_source
 from airflow_provider_apicore.exceptions import ApicoreConfigError, ApicoreError, ApicoreInputError
 from airflow_provider_apicore.hooks.apicore import ApicoreHook, mask_url_credentials, retry_delay
 from airflow_provider_apicore.images import DEFAULT_MAX_IMAGE_BYTES
-from airflow_provider_apicore.manifest import Manifest, to_storage_path
+from airflow_provider_apicore.manifest import PENDING, Manifest, to_storage_path
 from airflow_provider_apicore.models import MJTask
 from airflow_provider_apicore.operators.masking import NotifyHookMaskingMixin
 from airflow_provider_apicore.schemas import validate_describe_payload
@@ -189,6 +190,16 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         ``"record"``
     :param resubmit_failed: on a new run, submit again the images that ended ``FAILURE``, ``CANCEL``,
         ``not_found`` or ``timeout`` in the manifest (default: keep those results)
+    :param min_quota_usd: stop submitting once the token's remaining balance is below this many US
+        dollars (read before the first submit, then at most once per ``poll_interval``); the jobs in
+        flight are followed to the end, the unsent images stay ``pending`` and the task fails with
+        :class:`~airflow_provider_apicore.exceptions.ApicoreQuotaExceededError` naming the balance. A
+        refusal for balance by APICore itself (``quota_not_enough``) ends the batch the same way.
+    :param estimated_cost_per_image_usd: the expected price of one image; before the first submit the
+        batch refuses to start when the pending images would cost more than the balance (both
+        numbers in the error). See :mod:`airflow_provider_apicore.account` for the balance endpoints.
+    :param report_balance: put the balance before and after (and the spend) in the summary and the
+        final log line; default: when ``min_quota_usd`` or ``estimated_cost_per_image_usd`` is set
     :param max_failures: fail the task at the end if more images than this failed (``None``: never;
         failures are in the manifest and the summary either way)
     :param lease: hold the manifest's lease (one writer per manifest); turn off only for stores where
@@ -228,6 +239,9 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         resubmit_failed: bool = False,
         max_failures: int | None = None,
         lease: bool = True,
+        min_quota_usd: float | None = None,
+        estimated_cost_per_image_usd: float | None = None,
+        report_balance: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -258,12 +272,19 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         self.resubmit_failed = resubmit_failed
         self.max_failures = max_failures
         self.lease = lease
+        self.min_quota_usd = min_quota_usd
+        self.estimated_cost_per_image_usd = estimated_cost_per_image_usd
+        self.report_balance = report_balance
         self._check_arguments()
         if not _is_template(notify_hook):
             mask_url_credentials(notify_hook)
 
     def _check_arguments(self) -> None:
         """Reject unusable arguments with the argument named; templated ones again after rendering."""
+        self.min_quota_usd = usd_amount("min_quota_usd", self.min_quota_usd)
+        self.estimated_cost_per_image_usd = usd_amount(
+            "estimated_cost_per_image_usd", self.estimated_cost_per_image_usd
+        )
         if self.source is None or (isinstance(self.source, (str, list, tuple)) and not self.source):
             raise ApicoreConfigError("source must be a directory, a path or a non-empty list of paths")
         if self.manifest_path is None or (
@@ -423,6 +444,14 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
             backoff=_submit_backoff,
         )
         self._loop = loop
+        loop.quota = QuotaGuard(
+            hook.get_quota,
+            min_quota_usd=self.min_quota_usd,
+            estimated_cost_per_image_usd=self.estimated_cost_per_image_usd,
+            interval=float(self.poll_interval),
+            conn_id=self.apicore_conn_id,
+            logger=self.log,
+        )
         try:
             if fresh:
                 listed = list_source(
@@ -439,6 +468,9 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
             manifest.commit()
             if fresh:
                 manifest.flush(force=True)
+            if fresh and self._reports_balance:
+                # Before the first submit: the balance, and whether it pays for the pending images.
+                loop.quota.preflight(len(loop.queue) + len(loop.in_doubt))
         except BaseException:
             self._release(loop, flush=False)
             raise
@@ -542,20 +574,34 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
             timeout=None if end_time is None else timedelta(seconds=max(0.0, end_time - time.time()) + 120),
         )
 
+    @property
+    def _reports_balance(self) -> bool:
+        if self.report_balance is not None:
+            return bool(self.report_balance)
+        return self.min_quota_usd is not None or self.estimated_cost_per_image_usd is not None
+
     def _finish(self, loop: BatchLoop) -> dict[str, Any]:
         loop.manifest.commit()
         loop.manifest.flush(force=True)
         summary = loop.summary()
+        spend = ""
+        if loop.quota is not None and (self._reports_balance or loop.quota_stop):
+            loop.quota.finish()
+            summary.update(loop.quota.summary())
+            spend = f"; {loop.quota.describe()}"
         self.log.info(
             "Batch finished: %d images, %d succeeded, %d failed, %d unknown fate (sent, answer lost, not "
-            "sent again: see their state tags in the manifest); manifest %s",
+            "sent again: see their state tags in the manifest); manifest %s%s",
             summary["total"],
             summary["succeeded"],
             summary["failed"],
             summary["unknown_fate"],
             summary["manifest"],
+            spend,
         )
         self._release(loop, flush=False)
+        if loop.quota_stop and loop.quota is not None:
+            raise loop.quota.exceeded(loop.quota_stop, summary["by_status"].get(PENDING, 0))
         if self.on_unknown_fate == "fail" and summary["unknown_fate"]:
             raise UnknownFateError(summary["unknown_fate"], summary["manifest"], loop.unknown_fate_examples())
         if self.max_failures is not None and summary["failed"] > int(self.max_failures):
