@@ -359,3 +359,19 @@ def test_operators_are_mappable_with_expand_and_expand_kwargs() -> None:
         assert {"output_path"} <= fields
     assert {"prompt", "images"} <= set(MJImagineOperator.template_fields)
     assert {"mj_task_id", "custom_id", "mask", "prompt"} <= set(MJActionOperator.template_fields)
+
+
+def test_imagine_from_a_described_prompt_through_its_picreader_window(api, tmp_path: Path) -> None:
+    from airflow_provider_apicore.operators.describe import MJDescribeOperator
+
+    image = tmp_path / "cat.png"
+    image.write_bytes(make_png(32, 24, (120, 80, 200)))
+    described = run(MJDescribeOperator(task_id="d", image=str(image), wait_for_completion=True))[0]
+    op = MJActionOperator(
+        task_id="pick", mj_task_id=described, action="describe_pick", index=2, output_path=str(tmp_path / "o")
+    )
+    result = run(op)[0]
+    assert result["status"] == "SUCCESS" and result["action"] == "IMAGINE"
+    assert "upscale 1-4" in result["actions"]
+    assert result["prompt"] == described["prompts"][1]  # the second described prompt, pre-filled
+    assert submits(api) == 3  # describe, the pick (a window), its confirmation
