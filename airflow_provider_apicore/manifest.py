@@ -12,9 +12,11 @@ The manifest lives at any :class:`~airflow.sdk.ObjectStoragePath`. Object stores
 cannot append to an object, and a manifest that is half rewritten when a worker dies must never be
 what a retry reads. So there are two layers:
 
-* **Snapshot**: the manifest file itself, always complete. It is rewritten whole every
-  ``flush_interval`` seconds and at the end: locally into a temporary file in the same directory,
-  fsync'ed, then renamed over the old one (``os.replace`` is atomic); on object stores as a single
+* **Snapshot**: the manifest file itself, always complete. It is rewritten whole at the start and
+  the end of a batch, and in between only to compact: once the journal written since the last snapshot
+  is at least as large as the snapshot (and ``flush_interval`` passed), so the bytes written per image
+  do not grow with the number of images. It is written locally into a temporary file in the same
+  directory, fsync'ed, then renamed over the old one (``os.replace`` is atomic); on object stores as a single
   PUT, which readers see whole or not at all.
 * **Journal**: between two snapshots, each change that must survive a crash (an image about to be
   sent, a task id just accepted) is written at once as one small new file under
@@ -28,8 +30,9 @@ in which files are read, or a crash between writing a snapshot and deleting the 
 roll a record back. A line cut short by a crash (the last line of a file, not valid JSON) is skipped
 with a warning; a broken line elsewhere means the file was damaged and is an error naming the line.
 
-One manifest has one writer at a time: give concurrent DAG runs different manifests, or set
-``max_active_runs=1``.
+One manifest has one writer at a time. The batch operator enforces it with a lease next to the
+manifest (:mod:`airflow_provider_apicore.batch.lease`); other writers must give concurrent DAG runs
+different manifests, or set ``max_active_runs=1``.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ VOLATILE_FIELDS = (
 )
 
 MANIFEST_NAME = "manifest.jsonl"
+#: Journal bytes below which :meth:`Manifest.flush` does not compact (small manifests rewrite at the end).
+COMPACT_MIN_BYTES = 256 * 1024
 JOURNAL_SUFFIX = ".journal"
 
 
@@ -378,6 +383,28 @@ def _delete(path: ObjectStoragePath) -> None:
         pass
 
 
+def _delete_many(paths: list[ObjectStoragePath]) -> int:
+    """Delete files: one by one locally, in batches of up to 1,000 on object stores; return requests."""
+    if not paths:
+        return 0
+    if _is_local(paths[0]):
+        for path in paths:
+            _delete(path)
+        return len(paths)
+    fs = _fs(paths[0])
+    requests = 0
+    for start in range(0, len(paths), 1000):
+        batch = [p.path for p in paths[start : start + 1000]]
+        try:
+            fs.rm(batch)
+        except FileNotFoundError:
+            for name in batch:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(name)
+        requests += 1
+    return requests
+
+
 def parse_lines(data: bytes, where: str) -> Iterator[ManifestRecord]:
     """
     Records from JSONL bytes. A last line that is cut short is skipped with a warning.
@@ -444,6 +471,9 @@ class Manifest:
         self._journal_files: list[ObjectStoragePath] = []
         self._dirty = False
         self._last_flush = time.monotonic()
+        #: bytes journaled since the last snapshot, and the last snapshot's size (see :meth:`flush`)
+        self._journal_bytes = 0
+        self._snapshot_bytes = 0
         #: whether :meth:`load` found a snapshot or journal files
         self.found = False
         #: called before anything is written (the batch checks its lease there)
@@ -467,6 +497,10 @@ class Manifest:
             if data is None:
                 continue
             manifest.found = True
+            if source is manifest.path:
+                manifest._snapshot_bytes = len(data)
+            else:
+                manifest._journal_bytes += len(data)
             for record in parse_lines(data, str(source)):
                 seen = found.get(record.image)
                 if seen is None or record.rev >= seen.rev:
@@ -535,33 +569,43 @@ class Manifest:
         _write_new(target, data)
         self.writes += 1
         self.bytes_written += len(data)
+        self._journal_bytes += len(data)
         self._journal_files.append(target)
         self._unjournaled.clear()
 
     def flush(self, force: bool = False) -> bool:
         """
-        Rewrite the snapshot if something changed and ``flush_interval`` passed (or ``force``).
+        Rewrite the snapshot (``force``), or compact: when ``flush_interval`` passed **and** the journal
+        written since the last snapshot is at least as large as that snapshot (and
+        :data:`COMPACT_MIN_BYTES`). Each snapshot byte is then paid for by a journal byte, so the bytes
+        written per image stay bounded however many images the manifest holds (a rewrite every
+        interval would grow with N).
 
-        The snapshot holds everything, so the journal files it folded are deleted afterwards.
+        The snapshot holds everything, so the journal files it folded are deleted afterwards (in one
+        batched request on object stores).
 
         :return: whether a snapshot was written
         """
         if not self._dirty and not self._journal_files:
             return False
-        if not force and time.monotonic() - self._last_flush < self.flush_interval:
+        if not force and (
+            time.monotonic() - self._last_flush < self.flush_interval
+            or self._journal_bytes < max(COMPACT_MIN_BYTES, self._snapshot_bytes)
+        ):
             return False
         if self.before_write is not None:
             self.before_write()
         data = render_lines(self.records.values())
         write_atomic(self.path, data)
-        self.writes += 1 + len(self._journal_files)
+        self.writes += 1
         self.bytes_written += len(data)
+        self._snapshot_bytes = len(data)
+        self._journal_bytes = 0
         self._unjournaled.clear()
         self._dirty = False
         self._last_flush = time.monotonic()
         folded, self._journal_files = self._journal_files, []
-        for journal_file in folded:
-            _delete(journal_file)
+        self.writes += _delete_many(folded)
         if folded and _is_local(self.journal_dir):
             # Fails when not empty (another file appeared) or already gone: both fine.
             with contextlib.suppress(OSError):

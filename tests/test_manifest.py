@@ -232,3 +232,26 @@ def test_captions_can_use_another_prompt_and_drop_midjourney_parameters(tmp_path
 def test_caption_prompt_must_be_one_to_four(tmp_path, bad):
     with pytest.raises(ApicoreConfigError, match="caption_prompt must be a whole number from 1 to 4"):
         write_captions([], str(tmp_path), caption_prompt=bad)
+
+
+def _bytes_written_per_image(path, count: int) -> float:
+    m = Manifest(str(path), flush_interval=1e-9)
+    for i in range(count):
+        m.add(f"/images/{i:06d}.png")
+    m.flush(force=True)
+    for step in ("pending_submit", "submitted", "SUCCESS"):
+        for i in range(count):
+            m.touch(m.get(f"/images/{i:06d}.png"), status=step, prompts=["a prompt of some length"] * 4)
+            m.commit()
+            m.flush()  # the batch asks at every turn of its loop
+    m.flush(force=True)
+    return m.bytes_written / count
+
+
+def test_manifest_bytes_written_per_image_do_not_grow_with_the_number_of_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_module, "COMPACT_MIN_BYTES", 4096)
+    monkeypatch.setattr(manifest_module.os, "fsync", lambda fd: None)  # bytes counted, not durability
+    small = _bytes_written_per_image(tmp_path / "small" / "manifest.jsonl", 50)
+    large = _bytes_written_per_image(tmp_path / "large" / "manifest.jsonl", 500)
+    # A rewrite of the whole manifest at every turn would make the large one 10x worse per image.
+    assert large < small * 1.5, (small, large)
