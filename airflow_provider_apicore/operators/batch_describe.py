@@ -471,6 +471,9 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
             if fresh and self._reports_balance:
                 # Before the first submit: the balance, and whether it pays for the pending images.
                 loop.quota.preflight(len(loop.queue) + len(loop.in_doubt))
+            elif self._reports_balance:
+                # Resuming after a deferral: the spend reported is the one since this resume.
+                loop.quota.refresh(force=True)
         except BaseException:
             self._release(loop, flush=False)
             raise

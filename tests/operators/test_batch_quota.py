@@ -6,6 +6,7 @@ rest left ``pending``), the rerun after a top-up, ``min_quota_usd``, and the spe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,11 +14,13 @@ from typing import Any
 
 import pytest
 import requests
+from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_apicore.exceptions import ApicoreQuotaExceededError
 from airflow_provider_apicore.manifest import PENDING, SUCCESS, read_manifest
 from airflow_provider_apicore.operators.batch_describe import MJBatchDescribeOperator
 from airflow_provider_apicore.operators.describe import MJDescribeOperator
+from airflow_provider_apicore.triggers.task import MJTaskTrigger
 from tests.helpers.airflow_run import airflow_env, run_dag_test
 from tests.helpers.imagegen import make_png
 
@@ -25,6 +28,12 @@ CONTEXT = {"ti": SimpleNamespace(dag_id="quota_dag", run_id="manual__1")}
 FAST = {"job_seconds": 0.2, "concurrency": 10, "queue_size": 100}
 PRICE = 0.05
 DAGS = Path(__file__).resolve().parent / "quota_dags"
+
+
+async def first_event(trigger: MJTaskTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("the trigger ended without an event")
 
 
 def billing(emulator, **changes: Any) -> dict[str, Any]:
@@ -111,6 +120,25 @@ def test_a_balance_spent_to_exactly_zero_loses_nothing_and_the_rerun_finishes(tm
     balance(apicore_conn, 1.0, used=0.5)
     assert operator(tmp_path).execute(CONTEXT)["succeeded"] == 14
     assert apicore_conn.stats()["tasks_created"] == 14 and statuses(tmp_path) == {SUCCESS: 14}
+
+
+def test_deferrable_batch_stops_on_the_balance_the_same_way(tmp_path, apicore_conn):
+    apicore_conn.configure(**FAST)
+    balance(apicore_conn, 10 * PRICE + 0.02)
+    images(tmp_path / "src", 16)
+    op = operator(tmp_path, deferrable=True, max_in_flight=4, report_balance=True)
+    step = lambda: op.execute(CONTEXT)  # noqa: E731
+    with pytest.raises(ApicoreQuotaExceededError) as info:
+        for _ in range(50):
+            try:
+                step()
+                break
+            except TaskDeferred as deferred:
+                event = asyncio.run(first_event(deferred.trigger))
+                step = lambda event=event: op.execute_complete(CONTEXT, event)  # noqa: E731
+    assert info.value.remaining_usd == pytest.approx(0.02) and "6 images were not sent" in str(info.value)
+    assert statuses(tmp_path) == {SUCCESS: 10, PENDING: 6}
+    assert apicore_conn.stats()["tasks_created"] == 10
 
 
 def test_preflight_refuses_a_batch_the_balance_cannot_pay_and_sends_nothing(tmp_path, apicore_conn):
