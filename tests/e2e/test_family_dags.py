@@ -39,7 +39,7 @@ def deferred_tasks(output: str) -> set[str]:
 
 @pytest.fixture
 def family_env(airflow_home: Path, emulator) -> dict[str, str]:
-    emulator.configure(job_seconds=0.3, concurrency=16)
+    emulator.configure(job_seconds=0.3, concurrency=16, gateway=False)
     return airflow_env(
         airflow_home,
         {**emulator.conn_env(), "APICORE_EXAMPLE_POLL_INTERVAL": "0.3", "APICORE_EXAMPLE_TIMEOUT": "120"},

@@ -42,7 +42,7 @@ def submits(emulator) -> int:
 
 @pytest.fixture
 def api(apicore_conn):
-    apicore_conn.configure(job_seconds=0.2, concurrency=8)
+    apicore_conn.configure(job_seconds=0.2, concurrency=8, gateway=False)
     return apicore_conn
 
 

@@ -46,7 +46,7 @@ def submits(emulator) -> int:
 
 @pytest.mark.parametrize("durable", [True, False])
 def test_a_retry_after_a_timeout_re_attaches_instead_of_imagining_again(apicore_conn, durable: bool) -> None:
-    apicore_conn.configure(job_seconds=1.5, concurrency=4)
+    apicore_conn.configure(job_seconds=1.5, concurrency=4, gateway=False)
     store = Store()
 
     def op() -> MJImagineOperator:
@@ -63,7 +63,7 @@ def test_a_retry_after_a_timeout_re_attaches_instead_of_imagining_again(apicore_
 
 
 def test_a_modal_left_unconfirmed_is_confirmed_by_the_retry(apicore_conn, monkeypatch) -> None:
-    apicore_conn.configure(job_seconds=0.2, concurrency=8)
+    apicore_conn.configure(job_seconds=0.2, concurrency=8, gateway=False)
     grid = attempt(MJImagineOperator(task_id="i", prompt="a red fox"), None)
     up = attempt(MJActionOperator(task_id="u", mj_task_id=grid["task_id"], action="upscale", index=1), None)
     store = Store()

@@ -23,8 +23,9 @@ def execute(op):
 @pytest.fixture
 def api(apicore_conn, monkeypatch):
     apicore_conn.use_connection(monkeypatch, max_retries=1)
-    apicore_conn.configure(job_seconds=0.2, concurrency=8)
-    return apicore_conn
+    apicore_conn.configure(job_seconds=0.2, concurrency=8, gateway=False)
+    yield apicore_conn
+    apicore_conn.configure(gateway=False, faults={})
 
 
 def test_an_imagine_answered_502_after_processing_is_never_resent(api) -> None:

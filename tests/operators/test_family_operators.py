@@ -87,8 +87,10 @@ def submits(emulator) -> int:
 
 @pytest.fixture
 def api(apicore_conn):
-    apicore_conn.configure(**FAST)
-    return apicore_conn
+    # The session emulator's fixture does not reset the gateway mode: set it, and restore it after.
+    apicore_conn.configure(**FAST, gateway=False)
+    yield apicore_conn
+    apicore_conn.configure(gateway=False)
 
 
 def imagine(prompt: str = "a red fox in the snow", **kwargs: Any) -> dict[str, Any]:
