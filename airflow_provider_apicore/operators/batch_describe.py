@@ -48,6 +48,8 @@ __all__ = [
     "MJBatchDescribeOperator",
 ]
 
+#: Shortest pause of submissions (nothing in flight) that a deferrable batch waits in the triggerer.
+MIN_DEFERRED_PAUSE = 5.0
 #: Longest ``state`` tag sent (the C# midjourney-proxy stores at most 255 characters).
 MAX_STATE_LENGTH = 255
 #: A 1x1 PNG: checks the describe settings (``botType``, ``notifyHook``, ``state``) before any image.
@@ -335,7 +337,8 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
             the jobs the trigger followed (never an empty success)
         """
         self._check_arguments()
-        event = event or {}
+        if not isinstance(event, dict):
+            event = {}  # the end of a deferred pause (a TimeDeltaTrigger's moment)
         loop = self._open(context, fresh=False, event=event)
 
         def resume() -> dict[str, Any]:
@@ -543,6 +546,10 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
                 return self._finish(loop)
             if self.deferrable and loop.tracker.pending and not loop.in_doubt:
                 self._defer(loop)
+            if self.deferrable and not loop.tracker.pending:
+                pause = loop.next_submit_time() - time.monotonic()
+                if pause >= MIN_DEFERRED_PAUSE:
+                    self._defer_pause(loop, pause)
             wake = min(next_poll, loop.next_submit_time())
             delay = wake - time.monotonic()
             if delay > 0:
@@ -582,6 +589,16 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         if self.report_balance is not None:
             return bool(self.report_balance)
         return self.min_quota_usd is not None or self.estimated_cost_per_image_usd is not None
+
+    def _defer_pause(self, loop: BatchLoop, seconds: float) -> None:
+        """Nothing in flight and submitting paused: wait in the triggerer, not in a worker slot."""
+        try:
+            from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+        except ImportError:  # the standard provider is missing: pause in the worker
+            return
+        loop.manifest.commit()
+        self.log.info("Submitting paused for %.0fs with nothing in flight: deferring meanwhile", seconds)
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name="execute_complete")
 
     def _finish(self, loop: BatchLoop) -> dict[str, Any]:
         loop.manifest.commit()

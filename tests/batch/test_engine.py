@@ -388,3 +388,24 @@ def test_a_symlink_loop_lists_each_image_once(tmp_path):
     (src / "again").symlink_to(src, target_is_directory=True)
     listed = images_module.list_images(str(src))
     assert [Path(str(p)).name for p in listed] == ["img_00000.png", "img_00001.png"]
+
+
+def test_a_deferrable_batch_with_nothing_in_flight_waits_out_a_pause_in_the_triggerer(tmp_path, apicore_conn):
+    apicore_conn.configure(**FAST, faults={"http_429": 1.0, "retry_after": 30, "endpoints": ["submit"]})
+    write_images(tmp_path / "src", 2)
+    op = operator(tmp_path, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(CONTEXT)
+    trigger = deferred.value.trigger
+    assert type(trigger).__name__ == "TimeDeltaTrigger", "the 30 s pause is not slept in the worker"
+    assert apicore_conn.stats()["requests"]["submit"] == 1
+    apicore_conn.configure(faults={})
+    # The triggerer's event is the moment it fired; the resume carries on from the manifest: it submits
+    # both images, then defers to follow them.
+    resumed = operator(tmp_path, deferrable=True)
+    with pytest.raises(TaskDeferred) as following:
+        resumed.execute_complete(CONTEXT, None)
+    assert len(following.value.trigger.task_ids) == 2
+    event = asyncio.run(_event(following.value.trigger))
+    assert resumed.execute_complete(CONTEXT, event)["succeeded"] == 2
+    assert apicore_conn.stats()["submissions_accepted"] == 2

@@ -1,0 +1,246 @@
+"""
+Cost of MJBatchDescribeOperator against the number of images N: peak RSS, client CPU per image, and the
+manifest's bytes written and storage operations per image (local files), polling and deferrable.
+
+Each N runs in a fresh child process (the batch alone; the emulator runs in this process, on loopback,
+with fast jobs), so the peak RSS is the batch's own. Storage operations are counted in the child by
+wrapping the manifest store's primitives (reads, writes, listings, deletes) and the lease's.
+
+    .venv/bin/python benchmarks/batch_memory.py --sizes 1000,10000,100000 [--deferrable]
+
+prints a table and writes ``benchmarks/batch_memory_results.md``. ``BM_PROFILE=1`` prints a cProfile
+of the batch (cumulative time) for each N. 100,000 images take a few minutes of
+CPU and about 40 MB of disk for the images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, os, resource, sys, time
+    from types import SimpleNamespace
+    from airflow.sdk.exceptions import TaskDeferred
+    from airflow_provider_apicore import manifest as store
+    from airflow_provider_apicore.batch import lease as lease_module
+    from airflow_provider_apicore.operators.batch_describe import MJBatchDescribeOperator
+
+    ops = {"read": 0, "write": 0, "list": 0, "delete": 0, "bytes_written": 0, "bytes_read": 0}
+
+    def counted(module, name, kind, size_arg=None, result_size=False):
+        real = getattr(module, name)
+        def wrapper(*args, **kwargs):
+            ops[kind] += 1
+            if size_arg is not None:
+                ops["bytes_written"] += len(args[size_arg])
+            value = real(*args, **kwargs)
+            if result_size and value:
+                ops["bytes_read"] += len(value)
+            return value
+        setattr(module, name, wrapper)
+
+    counted(store, "_read_bytes", "read", result_size=True)
+    counted(store, "write_atomic", "write", size_arg=1)
+    counted(store, "_write_new", "write", size_arg=1)
+    counted(store, "_delete", "delete")
+    counted(store, "_list_files", "list")
+    counted(lease_module, "_read_bytes", "read", result_size=True)
+    counted(lease_module, "write_atomic", "write", size_arg=1)
+    counted(lease_module, "_delete", "delete")
+    real_create = lease_module.LeaseStorage.create
+    def create(self, data):
+        ops["write"] += 1
+        ops["bytes_written"] += len(data)
+        return real_create(self, data)
+    lease_module.LeaseStorage.create = create
+
+    source, manifest, deferrable = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    op = MJBatchDescribeOperator(
+        task_id="bench", source=source, manifest_path=manifest, max_in_flight=200, poll_interval=0.05,
+        timeout=None, deferrable=deferrable,
+    )
+    ctx = {"ti": SimpleNamespace(dag_id="bench", run_id="r", task_id="bench", try_number=1)}
+
+    async def first_event(trigger):
+        async for event in trigger.run():
+            return event.payload
+
+    import cProfile, pstats
+    prof = cProfile.Profile() if os.environ.get("BM_PROFILE") else None
+    if prof:
+        prof.enable()
+    started = time.process_time()
+    rounds = 0
+    try:
+        summary = op.execute(ctx)
+    except TaskDeferred as deferred:
+        current = deferred
+        while True:
+            rounds += 1
+            event = asyncio.run(first_event(current.trigger))
+            try:
+                summary = op.execute_complete(ctx, event)
+                break
+            except TaskDeferred as again:
+                current = again
+    cpu = time.process_time() - started
+    if prof:
+        prof.disable()
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
+    print("RESULT " + json.dumps({
+        "summary": summary, "cpu": cpu, "rounds": rounds,
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ops": ops,
+    }))
+    """
+)
+
+
+def _png(index: int) -> bytes:
+    """A distinct 2x2 PNG for each index (about 80 bytes)."""
+    raw = b"".join(
+        b"\x00" + struct.pack(">3B3B", index & 255, (index >> 8) & 255, (index >> 16) & 255, 7, 7, 7)
+        for _ in range(2)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _write_images(directory: Path, count: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        sub = directory / f"{i // 1000:04d}"
+        if i % 1000 == 0:
+            sub.mkdir(exist_ok=True)
+        (sub / f"img_{i:06d}.png").write_bytes(_png(i))
+
+
+def measure(count: int, deferrable: bool, scratch: Path) -> dict:
+    from airflow_provider_apicore.emulator import EmulatorConfig, EmulatorServer
+
+    server = EmulatorServer(
+        EmulatorConfig(
+            tokens=["bench-token"],
+            job_seconds=0.01,
+            concurrency=400,
+            queue_size=count + 10,
+            tick_seconds=0.01,
+        )
+    )
+    server.start()
+    source, manifest = scratch / f"images-{count}", scratch / f"manifest-{count}-{int(deferrable)}.jsonl"
+    try:
+        if not source.exists():
+            _write_images(source, count)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+        env["AIRFLOW_CONN_APICORE_DEFAULT"] = json.dumps(
+            {"conn_type": "apicore", "host": server.url, "password": "bench-token"}
+        )
+        env["AIRFLOW_HOME"] = str(scratch / "airflow-home")
+        env["PYTHONPATH"] = str(REPO)
+        env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+        wall = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(source), str(manifest), "1" if deferrable else "0"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        wall = time.monotonic() - wall
+    finally:
+        server.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"the batch over {count} images failed:\n{proc.stderr[-3000:]}")
+    if os.environ.get("BM_PROFILE"):
+        print(proc.stderr[-12000:])
+    result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    ops = result["ops"]
+    storage_ops = ops["read"] + ops["write"] + ops["list"] + ops["delete"]
+    return {
+        "images": count,
+        "deferrable": deferrable,
+        "succeeded": result["summary"]["succeeded"],
+        "peak_rss_mib": result["peak_rss_kib"] / 1024,
+        "cpu_ms_per_image": result["cpu"] * 1000 / count,
+        "manifest_bytes_written_per_image": ops["bytes_written"] / count,
+        "manifest_bytes_read_per_image": ops["bytes_read"] / count,
+        "storage_ops_per_image": storage_ops / count,
+        "ops": ops,
+        "rounds": result["rounds"],
+        "wall_s": wall,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| N | mode | succeeded | peak RSS (MiB) | CPU ms/image | manifest bytes written/image | "
+        "bytes read/image | storage ops/image | deferral rounds | wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['images']:,} | {'deferrable' if r['deferrable'] else 'polling'} | {r['succeeded']:,} | "
+            f"{r['peak_rss_mib']:.0f} | {r['cpu_ms_per_image']:.2f} | "
+            f"{r['manifest_bytes_written_per_image']:.0f} | "
+            f"{r['manifest_bytes_read_per_image']:.0f} | {r['storage_ops_per_image']:.2f} | {r['rounds']} | "
+            f"{r['wall_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated numbers of images")
+    parser.add_argument("--deferrable", action="store_true", help="also measure the deferrable batch")
+    parser.add_argument("--scratch", default=None, help="where images and manifests go (a temp dir)")
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "batch_memory_results.md"))
+    args = parser.parse_args()
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="batch-memory-"))
+    rows = []
+    try:
+        for count in [int(n) for n in args.sizes.split(",") if n.strip()]:
+            for deferrable in (False, True) if args.deferrable else (False,):
+                row = measure(count, deferrable, scratch)
+                rows.append(row)
+                print(table([row]).splitlines()[-1], flush=True)
+    finally:
+        if not args.scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    text = table(rows)
+    print(text)
+    Path(args.output).write_text(
+        "# MJBatchDescribeOperator cost against N\n\n"
+        f"`python benchmarks/batch_memory.py --sizes {args.sizes}"
+        f"{' --deferrable' if args.deferrable else ''}` "
+        f"on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Local manifest; "
+        "2x2 PNGs; emulator jobs of 10 ms on loopback; max_in_flight=200.\n\n" + text + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
