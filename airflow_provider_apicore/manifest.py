@@ -471,6 +471,9 @@ class Manifest:
         self._journal_files: list[ObjectStoragePath] = []
         self._dirty = False
         self._last_flush = time.monotonic()
+        #: images per status, and the status each image is counted under (see :meth:`counts`)
+        self._counts: Counter[str] = Counter()
+        self._counted: dict[str, str] = {}
         #: bytes journaled since the last snapshot, and the last snapshot's size (see :meth:`flush`)
         self._journal_bytes = 0
         self._snapshot_bytes = 0
@@ -506,6 +509,8 @@ class Manifest:
                 if seen is None or record.rev >= seen.rev:
                     found[record.image] = record
         manifest.records = found
+        manifest._counted = {image: record.status for image, record in found.items()}
+        manifest._counts = Counter(manifest._counted.values())
         manifest._journal_files = journal
         manifest._rev = max((r.rev for r in found.values()), default=0)
         if journal:
@@ -539,6 +544,12 @@ class Manifest:
         """Apply ``changes`` to a record and give it a new revision; journaled at the next commit."""
         for name, value in changes.items():
             setattr(record, name, value)
+        counted = self._counted.get(record.image)
+        if counted != record.status:
+            if counted is not None:
+                self._counts[counted] -= 1
+            self._counts[record.status] += 1
+            self._counted[record.image] = record.status
         self._rev += 1
         record.rev = self._rev
         record.updated_at = now_ms()
@@ -548,7 +559,8 @@ class Manifest:
         return record
 
     def counts(self) -> Counter[str]:
-        return Counter(r.status for r in self.records.values())
+        """Images per status, kept up to date by :meth:`touch` (no pass over the records)."""
+        return +self._counts
 
     # -- persistence
     def commit(self) -> None:

@@ -27,6 +27,7 @@ from airflow_provider_apicore.hooks.apicore import retry_delay
 from airflow_provider_apicore.images import ImageData, ImageReadError, load_image
 from airflow_provider_apicore.manifest import (
     FAILED_STATUSES,
+    FINAL_STATUSES,
     NOT_FOUND,
     PENDING,
     PENDING_SUBMIT,
@@ -131,6 +132,8 @@ class BatchLoop:
         self.backoffs = 0
         self.last_progress: tuple | None = None
         self.last_progress_at = 0.0
+        #: (finished at, accepted at) of the images finished within the rate window, oldest first
+        self.finishes: deque[tuple[int, int]] = deque()
         #: set by ``on_kill``: submit nothing more
         self.stopping = False
         #: the balance guard (``min_quota_usd``), set by the operator
@@ -294,6 +297,7 @@ class BatchLoop:
         self.in_doubt.pop(record.image, None)
         self.manifest.touch(record, status=status, error=reason)
         self.manifest.commit()
+        self.note_finished(record)
         self.log.warning("%s %s: %s", record.image, status, reason)
         self._release_waiting(record)
 
@@ -306,6 +310,8 @@ class BatchLoop:
         ):
             record.copy_outcome(primary)
             self.manifest.touch(record, sha256=primary.sha256)
+            if record.is_final:
+                self.note_finished(record)
             if record.status == SUBMITTED and record.task_id:
                 self.by_task.setdefault(record.task_id, []).append(record)
             self.log.info("%s has the same bytes as %s: sharing its result", record.image, primary.image)
@@ -426,6 +432,7 @@ class BatchLoop:
             )
             return
         self.in_doubt.pop(record.image, None)
+        self.note_finished(record)
         self.log.error(
             "The fate of %s is unknown (state %r): %s. Not sending it again (%s); it is recorded "
             "'unknown_fate' in the manifest.",
@@ -537,6 +544,8 @@ class BatchLoop:
                 apply_task(record, task)
                 if (record.status, record.start_time) != before:
                     self.manifest.touch(record)
+                    if record.is_final:
+                        self.note_finished(record)
             if task.is_terminal:
                 # Finished: the manifest has it now, so only jobs in flight stay in memory here.
                 self.by_task.pop(task.id, None)
@@ -553,6 +562,7 @@ class BatchLoop:
                         status=NOT_FOUND,
                         error=f"APICore stopped knowing task {task_id} (expired or removed upstream)",
                     )
+                    self.note_finished(record)
         self.manifest.commit()
         self.check_timeouts()
 
@@ -580,6 +590,7 @@ class BatchLoop:
                         f"{(latest.progress if latest else None) or 'unknown'}"
                     ),
                 )
+                self.note_finished(record)
         self.log.warning("%d tasks did not finish within %gs; given up", len(expired), self.timeout)
         self.manifest.commit()
 
@@ -588,27 +599,31 @@ class BatchLoop:
         return self.tracker.pending
 
     def progress(self) -> dict[str, Any]:
-        total = done = failed = 0
+        """
+        Done / total, failed, in flight, to submit, images per minute and ETA, without a pass over the
+        manifest (its status counts are kept as it changes), so the cost per loop turn does not grow
+        with the number of images.
+        """
+        counts = self.manifest.counts()
+        total = len(self.manifest)
+        in_doubt_unknown = sum(
+            1
+            for image in self.in_doubt
+            if (r := self.manifest.get(image)) is not None and r.status == UNKNOWN_FATE
+        )
+        done = sum(n for status, n in counts.items() if status in FINAL_STATUSES or status == UNKNOWN_FATE)
+        done -= in_doubt_unknown
+        failed = sum(n for status, n in counts.items() if status in FAILED_STATUSES) - in_doubt_unknown
+        # Images finished in the last RATE_WINDOW_MS, over the time since the first of them was sent.
         now = now_ms()
         window_start = now - RATE_WINDOW_MS
-        recent = 0
-        began = now
-        for r in self.manifest:
-            total += 1
-            if not (r.is_final or (r.status == UNKNOWN_FATE and r.image not in self.in_doubt)):
-                continue
-            done += 1
-            failed += r.status in FAILED_STATUSES
-            # Images finished in the last RATE_WINDOW_MS, over the time since the first of them was
-            # sent: a rate that survives restarts and deferrals because it comes from the manifest.
-            if r.updated_at and r.updated_at >= window_start:
-                recent += 1
-                began = min(began, r.accepted_at or r.updated_at or now)
+        while self.finishes and self.finishes[0][0] < window_start:
+            self.finishes.popleft()
         rate = None
-        if recent:
-            began = max(window_start, began)
+        if self.finishes:
+            began = max(window_start, min(accepted for _, accepted in self.finishes))
             if now - began >= 1000:
-                rate = recent / ((now - began) / 60000)
+                rate = len(self.finishes) / ((now - began) / 60000)
         eta = None if not rate else (total - done) / rate * 60
         return {
             "total": total,
@@ -619,6 +634,11 @@ class BatchLoop:
             "rate": rate,
             "eta": eta,
         }
+
+    def note_finished(self, record: ManifestRecord) -> None:
+        """Count one image finished now, for the rate (the window's oldest finishes drop out)."""
+        now = now_ms()
+        self.finishes.append((now, record.accepted_at or now))
 
     def log_progress(self, every: float = 60.0) -> None:
         state = self.progress()
