@@ -126,3 +126,61 @@ def test_an_unreadable_lease_is_not_taken_over(tmp_path):
     Path(str(tmp_path / "manifest.jsonl.lease")).write_text("garbage")
     with pytest.raises(ManifestLeaseError, match="cannot be read as a lease"):
         ManifestLease(path, token()).acquire()
+
+
+# ------------------------------------------------------------------ S3 (moto's server on loopback)
+@pytest.fixture
+def s3_manifest(monkeypatch):
+    """A manifest path on S3 served by moto's server mode over loopback (If-None-Match is enforced)."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+    from airflow.sdk import ObjectStoragePath
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    conn = {"conn_type": "aws", "login": "x", "password": "y", "extra": {"endpoint_url": endpoint}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_LEASE", json.dumps(conn))
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="leases")
+    try:
+        yield ObjectStoragePath("s3://leases/run/manifest.jsonl", conn_id="aws_lease")
+    finally:
+        server.stop()
+
+
+def test_on_s3_the_lease_is_a_conditional_put_and_fences_an_earlier_try(s3_manifest):
+    outcomes: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def contend(i: int) -> None:
+        lease = ManifestLease(s3_manifest, token(run_id=f"run_{i}"))
+        barrier.wait()
+        try:
+            lease.acquire()
+            outcomes.append(f"run_{i}")
+        except ManifestLeaseError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    [winner] = [o for o in outcomes if o != "refused"]
+    assert outcomes.count("refused") == 5
+    holder = ManifestLease(s3_manifest, token(run_id=winner), check_interval=0)
+    holder.acquire()  # the same try again (a resume after a deferral)
+    retry = ManifestLease(s3_manifest, token(run_id=winner, try_number=2), check_interval=0)
+    retry.acquire()
+    with pytest.raises(LeaseLostError):
+        holder.check()
+    retry.release()
+    assert not (s3_manifest.parent / "manifest.jsonl.lease").exists()
