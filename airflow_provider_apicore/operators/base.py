@@ -48,6 +48,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 XCOM_TASK_ID = "task_id"
+#: XCom key of a submission whose answer was lost: ``{"state", "cause"}``, so that a downstream
+#: step (the fan-out's ``write_results``) can report the image as ``unknown_fate`` with its tag.
+XCOM_UNKNOWN_FATE = "unknown_fate"
 #: What a retry does about an earlier try whose submission may have created a job.
 ON_UNKNOWN_FATE = ("fail", "resubmit")
 #: Airflow's deferral timeout fires this much after the trigger's own deadline (the trigger reports
@@ -255,12 +258,20 @@ class MJSubmitOperator(NotifyHookMaskingMixin, BaseOperator):
             self.log.info("APICore will call notifyHook %s", mask_url_credentials(self.notify_hook))
         hook = self.hook
         job = DurableJob(context, self.durable, self.log)
-        task_id, task = self._reattach(hook, job, context)
+        try:
+            task_id, task = self._reattach(hook, job, context)
+        except SubmissionInDoubtError as err:
+            context["ti"].xcom_push(key=XCOM_UNKNOWN_FATE, value={"state": err.state, "cause": err.cause})
+            raise
         submitted = None
         if task is not None and task.status is TaskStatus.SUCCESS:
             return self._finish_task(hook, task, context)
         if task_id is None:
-            submitted = self._submit(hook, job, payload)
+            try:
+                submitted = self._submit(hook, job, payload)
+            except SubmissionFateUnknownError as err:
+                context["ti"].xcom_push(key=XCOM_UNKNOWN_FATE, value={"state": err.state, "cause": err.cause})
+                raise
             task_id = submitted.task_id
         context["ti"].xcom_push(key=XCOM_TASK_ID, value=task_id)
         self._in_flight = task_id
