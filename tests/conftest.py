@@ -53,7 +53,13 @@ class Emulator:
             monkeypatch.setenv(key, value)
 
 
-DEFAULTS: dict[str, Any] = {"job_seconds": 0.3, "concurrency": 4, "queue_size": 100, "dedupe": False}
+DEFAULTS: dict[str, Any] = {
+    "job_seconds": 0.3,
+    "concurrency": 4,
+    "queue_size": 100,
+    "dedupe": False,
+    "gateway": False,
+}
 SEED = 1234
 
 
