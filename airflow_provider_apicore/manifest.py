@@ -44,6 +44,7 @@ import logging
 import os
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -210,6 +211,48 @@ class ManifestRecord:
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ManifestRecord))
 _FIELD_SET = frozenset(_FIELD_NAMES)
+
+
+class FrozenRecord:
+    """
+    A finished record kept small in memory: its line, compressed, plus the few fields the batch looks
+    at for every image (status, SHA-256, size, modification time, task id, attempts, revision). Any
+    other field is read from the line when asked for. :meth:`Manifest.touch` replaces it with a full
+    :class:`ManifestRecord` before changing it.
+    """
+
+    __slots__ = ("_line", "attempts", "image", "mtime", "rev", "sha256", "size", "status", "task_id")
+
+    def __init__(self, record: ManifestRecord) -> None:
+        self.image = record.image
+        self.status = record.status
+        self.sha256 = record.sha256
+        self.size = record.size
+        self.mtime = record.mtime
+        self.task_id = record.task_id
+        self.attempts = record.attempts
+        self.rev = record.rev
+        self._line = zlib.compress(json.dumps(record.to_dict(), ensure_ascii=False).encode("utf-8"), 1)
+
+    def thaw(self) -> ManifestRecord:
+        """The full record."""
+        return ManifestRecord.from_dict(json.loads(zlib.decompress(self._line)))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _FIELD_SET:
+            return getattr(self.thaw(), name)
+        raise AttributeError(name)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESS
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.thaw().to_dict()
 
 
 def normalised(record: ManifestRecord | dict[str, Any]) -> dict[str, Any]:
@@ -461,11 +504,18 @@ class Manifest:
     :param flush_interval: seconds between two snapshot rewrites (:meth:`flush`)
     """
 
-    def __init__(self, path: str | os.PathLike | ObjectStoragePath, flush_interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike | ObjectStoragePath,
+        flush_interval: float = 30.0,
+        freeze_finished: bool = False,
+    ) -> None:
         self.path = to_storage_path(path)
+        #: keep finished records as :class:`FrozenRecord` (compressed) once written to the journal
+        self.freeze_finished = freeze_finished
         self.journal_dir = self.path.parent / (self.path.name + JOURNAL_SUFFIX)
         self.flush_interval = flush_interval
-        self.records: dict[str, ManifestRecord] = {}
+        self.records: dict[str, ManifestRecord | FrozenRecord] = {}
         self._rev = 0
         self._unjournaled: dict[str, ManifestRecord] = {}
         self._journal_files: list[ObjectStoragePath] = []
@@ -486,9 +536,18 @@ class Manifest:
         self.bytes_written = 0
 
     @classmethod
-    def load(cls, path: str | os.PathLike | ObjectStoragePath, flush_interval: float = 30.0) -> Manifest:
-        """Read the snapshot and every journal file, keeping the newest record of each image."""
-        manifest = cls(path, flush_interval)
+    def load(
+        cls,
+        path: str | os.PathLike | ObjectStoragePath,
+        flush_interval: float = 30.0,
+        freeze_finished: bool = False,
+    ) -> Manifest:
+        """
+        Read the snapshot and every journal file, keeping the newest record of each image.
+
+        :param freeze_finished: keep finished records compressed in memory (:class:`FrozenRecord`)
+        """
+        manifest = cls(path, flush_interval, freeze_finished)
         found: dict[str, ManifestRecord] = {}
         sources = [manifest.path]
         journal = [
@@ -507,7 +566,9 @@ class Manifest:
             for record in parse_lines(data, str(source)):
                 seen = found.get(record.image)
                 if seen is None or record.rev >= seen.rev:
-                    found[record.image] = record
+                    found[record.image] = (
+                        FrozenRecord(record) if freeze_finished and record.is_final else record
+                    )
         manifest.records = found
         manifest._counted = {image: record.status for image, record in found.items()}
         manifest._counts = Counter(manifest._counted.values())
@@ -540,8 +601,10 @@ class Manifest:
             self.touch(record)
         return record
 
-    def touch(self, record: ManifestRecord, **changes: Any) -> ManifestRecord:
+    def touch(self, record: ManifestRecord | FrozenRecord, **changes: Any) -> ManifestRecord:
         """Apply ``changes`` to a record and give it a new revision; journaled at the next commit."""
+        if isinstance(record, FrozenRecord):
+            record = record.thaw()
         for name, value in changes.items():
             setattr(record, name, value)
         counted = self._counted.get(record.image)
@@ -553,7 +616,7 @@ class Manifest:
         self._rev += 1
         record.rev = self._rev
         record.updated_at = now_ms()
-        self.records.setdefault(record.image, record)
+        self.records[record.image] = record
         self._unjournaled[record.image] = record
         self._dirty = True
         return record
@@ -583,6 +646,10 @@ class Manifest:
         self.bytes_written += len(data)
         self._journal_bytes += len(data)
         self._journal_files.append(target)
+        if self.freeze_finished:
+            for record in changed:
+                if record.is_final and self.records.get(record.image) is record:
+                    self.records[record.image] = FrozenRecord(record)
         self._unjournaled.clear()
 
     def flush(self, force: bool = False) -> bool:

@@ -15,6 +15,7 @@ from airflow_provider_apicore.exceptions import ApicoreConfigError
 from airflow_provider_apicore.manifest import (
     PENDING_SUBMIT,
     SUBMITTED,
+    SUCCESS,
     VOLATILE_FIELDS,
     Manifest,
     ManifestRecord,
@@ -255,3 +256,47 @@ def test_manifest_bytes_written_per_image_do_not_grow_with_the_number_of_images(
     large = _bytes_written_per_image(tmp_path / "large" / "manifest.jsonl", 500)
     # A rewrite of the whole manifest at every turn would make the large one 10x worse per image.
     assert large < small * 1.5, (small, large)
+
+
+def _memory_per_finished_record(path, freeze: bool, count: int = 2000) -> float:
+    import tracemalloc
+
+    prompt = "a detailed watercolor painting of a quiet harbour at dawn, soft light, boats, gulls --ar 4:3"
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        m = Manifest(str(path), freeze_finished=freeze)
+        for i in range(count):
+            record = m.add(f"/data/images/image_{i:06d}.png")
+            m.touch(
+                record,
+                status=SUCCESS,
+                sha256=f"{i:064x}",
+                task_id=str(1796159427100371 + i),
+                prompts=[f"{k} {prompt} {i}" for k in range(4)],
+                prompt="\n\n".join(f"{k} {prompt} {i}" for k in range(4)),
+                state=f"dag/manual__1/{i:016x}/1",
+            )
+            if i % 100 == 99:
+                m.commit()
+        m.commit()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    loaded = {r.image: r for r in read_manifest(str(path))}
+    assert all(m.get(image).to_dict() == r.to_dict() for image, r in loaded.items())
+    assert len(loaded) == count
+    return used / count
+
+
+def test_finished_records_are_kept_compressed_in_memory_and_read_back_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_module.os, "fsync", lambda fd: None)
+    full = _memory_per_finished_record(tmp_path / "full" / "manifest.jsonl", freeze=False)
+    frozen = _memory_per_finished_record(tmp_path / "frozen" / "manifest.jsonl", freeze=True)
+    assert frozen < full * 0.6, (full, frozen)
+    m = Manifest.load(str(tmp_path / "frozen" / "manifest.jsonl"), freeze_finished=True)
+    record = m.get("/data/images/image_000007.png")
+    assert isinstance(record, manifest_module.FrozenRecord) and record.status == SUCCESS
+    assert record.prompts[0].startswith("0 a detailed watercolor") and record.is_final
+    thawed = m.touch(record, error="note")  # changing it gives a full record again
+    assert isinstance(thawed, ManifestRecord) and m.get(record.image) is thawed

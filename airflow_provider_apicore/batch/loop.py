@@ -122,7 +122,9 @@ class BatchLoop:
         self.resubmit_failed = resubmit_failed
         self.backoff = backoff
         self.queue: deque[ManifestRecord] = deque()
-        self.by_sha: dict[str, ManifestRecord] = {}
+        #: SHA-256 -> the image whose job stands for those bytes (a key, so finished records can be
+        #: kept compressed by the manifest)
+        self.by_sha: dict[str, str] = {}
         self.by_task: dict[str, list[ManifestRecord]] = {}
         self.waiting: dict[str, list[ManifestRecord]] = {}
         self.in_doubt: dict[str, float] = {}  # image -> monotonic time its reconciliation is due
@@ -147,9 +149,11 @@ class BatchLoop:
         """Sort every record into: final, in flight (follow), in doubt (reconcile) or to submit."""
         for record in self.manifest:
             if fresh and record.status == READ_ERROR:
-                self.manifest.touch(record, status=PENDING, error=None)
+                record = self.manifest.touch(record, status=PENDING, error=None)
             if fresh and self.resubmit_failed and record.status in RETRYABLE_FAILURES:
-                self.manifest.touch(record, status=PENDING, task_id=None, error=None, prompts=[], prompt=None)
+                record = self.manifest.touch(
+                    record, status=PENDING, task_id=None, error=None, prompts=[], prompt=None
+                )
             if record.status == PENDING_SUBMIT:
                 # The process stopped while this submission was in the air.
                 self.manifest.touch(
@@ -161,14 +165,14 @@ class BatchLoop:
                     ),
                 )
             if record.sha256 and (record.attempts > 0 or record.task_id) and record.sha256 not in self.by_sha:
-                self.by_sha[record.sha256] = record
+                self.by_sha[record.sha256] = record.image
         for record in self.manifest:
             if record.status == SUBMITTED and record.task_id:
                 self._follow(record.task_id, record)
             elif record.status == SUBMITTED or (record.status == UNKNOWN_FATE and self._may_resubmit(record)):
                 self.in_doubt[record.image] = 0.0
                 if record.sha256:
-                    self.by_sha[record.sha256] = record
+                    self.by_sha[record.sha256] = record.image
             elif record.status == PENDING:
                 self.queue.append(record)
         # Timeouts are checked only once the server has been asked (poll or trigger event): jobs that
@@ -258,17 +262,18 @@ class BatchLoop:
             return None
         if record.sha256 != data.sha256:
             old = record.sha256
-            if old and self.by_sha.get(old) is record:
+            if old and self.by_sha.get(old) == record.image:
                 # The file changed since it was hashed: its old bytes no longer stand for it, and images
                 # that waited for it as their identical twin are planned again on their own.
                 del self.by_sha[old]
                 self.queue.extendleft(self.waiting.pop(old, []))
             self.manifest.touch(record, sha256=data.sha256)
-        primary = self.by_sha.get(data.sha256)
-        if primary is not None and primary is not record:
+        primary_image = self.by_sha.get(data.sha256)
+        primary = self.manifest.get(primary_image) if primary_image else None
+        if primary is not None and primary_image != record.image:
             self._attach(record, primary)
             return None
-        self.by_sha[data.sha256] = record
+        self.by_sha[data.sha256] = record.image
         return self.send(record, data=data)
 
     def _read(self, record: ManifestRecord) -> ImageData | None:

@@ -404,7 +404,7 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
     def _load(self, fresh: bool) -> Manifest:
         path = to_storage_path(self.manifest_path)
         try:
-            manifest = Manifest.load(path, flush_interval=float(self.flush_interval))
+            manifest = Manifest.load(path, flush_interval=float(self.flush_interval), freeze_finished=True)
         except (OSError, ApicoreConfigError) as err:
             if fresh:
                 raise
