@@ -257,6 +257,12 @@ class MJSubmitOperator(NotifyHookMaskingMixin, BaseOperator):
         if self.notify_hook:
             self.log.info("APICore will call notifyHook %s", mask_url_credentials(self.notify_hook))
         hook = self.hook
+        try:
+            return self._run(hook, payload, context)
+        finally:
+            hook.close()
+
+    def _run(self, hook: ApicoreHook, payload: dict[str, Any], context: Context) -> Any:
         job = DurableJob(context, self.durable, self.log)
         try:
             task_id, task = self._reattach(hook, job, context)
@@ -296,7 +302,11 @@ class MJSubmitOperator(NotifyHookMaskingMixin, BaseOperator):
         """Resume after :class:`MJTaskTrigger`: the same result or error as the polling path."""
         task_id = event["task_ids"][0]
         self._in_flight = task_id
-        return self._complete(event, task_id, self.hook, context)
+        hook = self.hook
+        try:
+            return self._complete(event, task_id, hook, context)
+        finally:
+            hook.close()
 
     def on_kill(self) -> None:
         """
