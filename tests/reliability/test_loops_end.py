@@ -35,11 +35,18 @@ CONTEXT = {"ti": SimpleNamespace(dag_id="loops", run_id="manual__1")}
 
 #: (module, function) of every ``while True`` -> the tests proving it ends.
 LOOPS = {
-    ("hooks/apicore.py", "ApicoreHook._request"): [
+    ("hooks/transport.py", "Transport.request"): [
         "test_a_server_that_always_answers_503_is_given_up_on_after_the_retry_cap",
         "test_retry_after_is_capped",
     ],
-    ("hooks/apicore.py", "ApicoreHook._arequest"): ["test_the_async_retry_loop_is_capped_too"],
+    ("hooks/transport.py", "Transport.arequest"): ["test_the_async_retry_loop_is_capped_too"],
+    ("hooks/download.py", "ImageFetcher.fetch"): ["test_an_image_download_that_always_fails_gives_up"],
+    ("operators/base.py", "MJSubmitOperator._submit"): [
+        "test_a_single_job_meeting_a_queue_that_never_frees_gives_up"
+    ],
+    ("operators/action.py", "MJActionOperator._settled"): [
+        "test_waiting_for_a_new_task_to_report_a_status_is_bounded"
+    ],
     ("hooks/apicore.py", "ApicoreHook.wait_for_tasks"): [
         "test_waiting_for_a_stuck_task_ends_at_the_timeout",
         "test_waiting_while_the_server_answers_503_ends_with_an_error",
@@ -55,6 +62,8 @@ LOOPS = {
     ],
     ("emulator/state.py", "EmulatorState._new_id"): ["test_emulator_task_ids_are_unique_without_waiting"],
     ("emulator/connection.py", "drain_request"): ["test_emulator_service_loops_end_when_the_server_stops"],
+    # Reads one request body: ends with its last chunk or the client's disconnect.
+    ("emulator/gate.py", "read_body"): ["test_emulator_service_loops_end_when_the_server_stops"],
     ("emulator/notify.py", "Notifier._worker"): ["test_emulator_service_loops_end_when_the_server_stops"],
     ("emulator/app.py", "create_app.run_ticker"): ["test_emulator_service_loops_end_when_the_server_stops"],
 }
@@ -248,3 +257,42 @@ def test_every_waiting_operator_has_a_finite_timeout_by_default(tmp_path):
     assert MJDescribeOperator(task_id="d", image="x.png").timeout == 600
     assert MJBatchDescribeOperator(task_id="b", source=str(tmp_path), manifest_path="m.jsonl").timeout == 1800
     assert MJTaskSensor(task_id="s", mj_task_id="1").timeout == 7 * 24 * 3600
+
+
+# ------------------------------------------------------------------------- single jobs, downloads
+def test_an_image_download_that_always_fails_gives_up():
+    from airflow_provider_apicore.exceptions import ImageDownloadError
+    from airflow_provider_apicore.hooks.download import ImageFetcher
+    from tests.helpers.scripted_server import Reply, ScriptedServer
+
+    naps: list[float] = []
+    with ScriptedServer([Reply(status=503, body="busy")]) as server:
+        fetcher = ImageFetcher(retries=3, backoff=0.01, max_backoff=0.02, sleep=naps.append)
+        with pytest.raises(ImageDownloadError, match="gave up after 4 attempts"):
+            fetcher.fetch(server.url + "/mj/image/1")
+    assert len(server.requests) == 4 and len(naps) == 3
+
+
+def test_a_single_job_meeting_a_queue_that_never_frees_gives_up(apicore_conn, tmp_path, monkeypatch):
+    from airflow_provider_apicore.operators import base
+
+    apicore_conn.configure(faults={"queue_full": 1.0})
+    monkeypatch.setattr(base, "retry_delay", lambda *args, **kwargs: 0.01)
+    op = MJDescribeOperator(task_id="d", image=str(write_images(tmp_path, 1)[0]), queue_full_retries=2)
+    with pytest.raises(ApicoreQueueFullError):
+        op.execute({"ti": SimpleNamespace(dag_id="loops", try_number=1, xcom_push=lambda **_: None)})
+    assert apicore_conn.stats()["requests"]["submit"] == 3
+
+
+def test_waiting_for_a_new_task_to_report_a_status_is_bounded(apicore_conn):
+    from airflow_provider_apicore.operators.action import MJActionOperator
+
+    # Behind the gateway a new task reads status "" until the next refresh, here never.
+    apicore_conn.configure(gateway=True, gateway_refresh=3600)
+    hook, _ = fast_hook()
+    task_id = hook.submit_imagine({"prompt": "a lighthouse at dusk"}).task_id
+    op = MJActionOperator(task_id="a", mj_task_id=task_id, action="upscale", index=1, modal_wait=0.5)
+    started = time.monotonic()
+    task = op._settled(hook, task_id)
+    assert task is not None and task.raw["status"] == ""
+    assert time.monotonic() - started < 5
