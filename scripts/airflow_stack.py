@@ -581,7 +581,9 @@ class AirflowStack:
     def _celery_env(self) -> dict[str, str]:
         """Configuration shared by every service of the distributed stack."""
         assert self.postgres is not None
-        result_backend = f"db+postgresql+psycopg2://{self.postgres.user}@127.0.0.1:{self.postgres.port}/airflow"
+        result_backend = (
+            f"db+postgresql+psycopg2://{self.postgres.user}@127.0.0.1:{self.postgres.port}/airflow"
+        )
         moto_conn = {
             "conn_type": "aws",
             "login": "moto-access-key",
@@ -598,6 +600,9 @@ class AirflowStack:
             # in the first worker's prefetch buffer.
             "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
             "AIRFLOW__CELERY__WORKER_ENABLE_REMOTE_CONTROL": "False",
+            # Task processes talk to the api-server's Execution API; on a busy small machine its answers
+            # can take longer than the default 5 s, and a task whose start call times out fails.
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             # A killed worker's tasks stop heartbeating: the scheduler fails that try within ~30 s
             # and schedules the retry (default 300 s).
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
