@@ -27,6 +27,7 @@ from airflow_provider_apicore.manifest import (
     REJECTED,
     SUCCESS,
     TIMEOUT,
+    UNKNOWN_FATE,
     ManifestRecord,
     apply_result,
     apply_task,
@@ -79,22 +80,33 @@ def fanout_records(
     results: Sequence[dict[str, Any] | None],
     task_ids: Sequence[str | None] | None = None,
     apicore_conn_id: str = ApicoreHook.default_conn_name,
+    unknown_fates: Sequence[dict[str, Any] | None] | None = None,
 ) -> list[ManifestRecord]:
     """
     Manifest records for a fan-out: image ``i`` got ``results[i]`` from mapped task ``i``.
 
     A mapped task that failed has no result. If it had been accepted (its ``task_id`` XCom), the task
     is looked up (one ``list-by-condition`` request for all of them) so that the record says why it
-    failed, exactly as the batch operator would; otherwise it never reached APICore and is ``rejected``.
+    failed, exactly as the batch operator would. A task whose submission's answer was lost (its
+    ``unknown_fate`` XCom: ``{"state", "cause"}``) is ``unknown_fate`` with the submission's ``state``
+    tag, so that the job, if APICore created one, can be found by that tag; it was not resent. Otherwise
+    the image never reached APICore and is ``rejected``.
 
     :param images: the mapped images, in map-index order
     :param results: each mapped task's return value (None where it failed)
     :param task_ids: each mapped task's ``task_id`` XCom (None where it never got one)
     :param apicore_conn_id: connection used to look up the failed tasks
+    :param unknown_fates: each mapped task's ``unknown_fate`` XCom (None where the answer was not lost)
     """
     if len(results) != len(images):
         raise ApicoreError(f"{len(images)} images but {len(results)} results: the lists must align")
     task_ids = list(task_ids) if task_ids is not None else [None] * len(images)
+    unknown_fates = list(unknown_fates) if unknown_fates is not None else [None] * len(images)
+    if len(task_ids) != len(images) or len(unknown_fates) != len(images):
+        raise ApicoreError(
+            f"{len(images)} images but {len(task_ids)} task_ids and {len(unknown_fates)} unknown_fates: "
+            "the lists must align"
+        )
     records: list[ManifestRecord] = []
     lookups: dict[str, list[ManifestRecord]] = {}
     for index, (image, result) in enumerate(zip(images, results, strict=True)):
@@ -106,6 +118,15 @@ def fanout_records(
             record.task_id = str(task_ids[index])
             record.attempts = 1
             lookups.setdefault(record.task_id, []).append(record)
+        elif unknown_fates[index]:
+            fate = unknown_fates[index] or {}
+            record.status = UNKNOWN_FATE
+            record.state = fate.get("state")
+            record.attempts = 1
+            record.error = str(
+                fate.get("cause")
+                or f"the describe task (map index {index}) lost the answer to its submission"
+            )
         else:
             record.status = REJECTED
             record.error = (
@@ -140,6 +161,7 @@ def write_fanout_results(
     caption_prompt: int = 1,
     *,
     task_ids: Sequence[str | None] | None = None,
+    unknown_fates: Sequence[dict[str, Any] | None] | None = None,
     root: str | os.PathLike | ObjectStoragePath | None = None,
     strip_parameters: bool = False,
     apicore_conn_id: str = ApicoreHook.default_conn_name,
@@ -158,6 +180,8 @@ def write_fanout_results(
     :param output_dir: where the manifest and captions go (any ObjectStoragePath, path or URL)
     :param caption_prompt: which of the four prompts is the caption (1-4)
     :param task_ids: each mapped task's ``task_id`` XCom, to explain failures
+    :param unknown_fates: each mapped task's ``unknown_fate`` XCom (``{"state", "cause"}``): images whose
+        submission's answer was lost are recorded ``unknown_fate`` with that state tag, never resent
     :param root: the listed directory; captions mirror the images' paths under it
     :param strip_parameters: drop trailing Midjourney parameters (``--ar 4:3``) from captions
     :param apicore_conn_id: connection used to look up failed tasks
@@ -170,7 +194,7 @@ def write_fanout_results(
     :return: a small summary for XCom: ``manifest``, ``images``, ``succeeded``, ``failed``, ``captions``,
         and the paths of ``imagefolder_metadata`` and ``parquet`` when asked for
     """
-    records = fanout_records(images, results, task_ids, apicore_conn_id)
+    records = fanout_records(images, results, task_ids, apicore_conn_id, unknown_fates=unknown_fates)
     out = to_storage_path(output_dir)
     manifest = out / MANIFEST_NAME
     write_manifest(manifest, records)

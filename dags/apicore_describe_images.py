@@ -72,12 +72,15 @@ with DAG(
         indexes = list(range(len(images)))
         results = ti.xcom_pull(task_ids="describe", map_indexes=indexes)
         task_ids = ti.xcom_pull(task_ids="describe", key="task_id", map_indexes=indexes)
+        # A submission whose answer was lost: {"state", "cause"}; recorded unknown_fate, never resent.
+        unknown_fates = ti.xcom_pull(task_ids="describe", key="unknown_fate", map_indexes=indexes)
         return write_fanout_results(
             images,
             results,
             params["output_dir"],
             caption_prompt=params["caption_prompt"],
             task_ids=task_ids,
+            unknown_fates=unknown_fates,
             root=params["image_dir"],
             strip_parameters=params["strip_parameters"],
         )
