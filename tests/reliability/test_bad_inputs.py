@@ -221,11 +221,13 @@ def test_a_bad_notify_hook_is_refused_naming_the_field_and_nothing_is_sent(emula
         manifest_path=str(tmp_path / "m.jsonl"),
         notify_hook=url,
     )
-    summary = op.execute(CONTEXT)
-    assert summary["by_status"] == {REJECTED: 2}
-    for record in read_manifest(tmp_path / "m.jsonl"):
-        assert "'notifyHook'" in record.error and rule in record.error
-        assert PASSWORD not in record.error
+    # A bad setting fails the whole task before any image is listed or marked: the same hook would
+    # refuse every image, so nothing is recorded as rejected and a fixed rerun starts clean.
+    with pytest.raises(ApicoreConfigError, match=re.escape(rule)) as refused:
+        op.execute(CONTEXT)
+    assert "'notifyHook'" in str(refused.value) and PASSWORD not in str(refused.value)
+    assert "no image was sent or marked" in str(refused.value)
+    assert not (tmp_path / "m.jsonl").exists() or read_manifest(tmp_path / "m.jsonl") == []
     assert requests_sent(emulator) == 0
     # The describe operator: the same rule, raised before anything is read from the connection.
     [image, _] = write_images(tmp_path / "one", 2)

@@ -6,7 +6,10 @@ Each ends in a specific provider error (``ApicoreResponseError`` for answers tha
 protocol, ``ApicoreHTTPError`` for error pages) whose message quotes a short, single-line excerpt;
 never a ``KeyError``, ``JSONDecodeError`` or ``ValueError`` escaping to the user. Answers that are not
 JSON at all (cut short, an HTML page with status 200) are transport damage: idempotent reads retry
-them like a 5xx, a submit does not (the request may have been processed).
+them like a 5xx. A submit answer that cannot be read (not JSON, or JSON without a usable code or task
+id) is ``SubmissionFateUnknownError``: the request may have been processed, so it is never sent again
+(the batch records the image ``unknown_fate`` with its state tag). Task objects are strict only on
+``id`` and ``status``; other fields of the wrong type are ignored (kept in ``raw``).
 
 The hook's sync submit and list paths for the basic shapes are also in
 tests/hooks/test_apicore_hook.py (test_malformed_submit_answers_..., test_malformed_task_lists_...).
@@ -25,10 +28,11 @@ from airflow_provider_apicore.exceptions import (
     ApicoreError,
     ApicoreHTTPError,
     ApicoreResponseError,
+    SubmissionFateUnknownError,
 )
 from airflow_provider_apicore.hooks.apicore import retry_delay
 from airflow_provider_apicore.images import to_data_url
-from airflow_provider_apicore.manifest import SUCCESS, read_manifest
+from airflow_provider_apicore.manifest import SUCCESS, UNKNOWN_FATE, read_manifest
 from airflow_provider_apicore.operators.batch_describe import MJBatchDescribeOperator
 from airflow_provider_apicore.triggers.task import MJTaskTrigger
 from tests.helpers.imagegen import make_png
@@ -73,15 +77,20 @@ BAD_SUBMITS = {
     "answer is a string": ('"Submit success"', "not a JSON object"),
 }
 
-#: Task-list answers that are JSON but not the protocol.
+#: Task-list answers that are JSON but not the protocol (a task's ``id`` and ``status`` are strict).
 BAD_LISTS = {
     "object instead of array": ({"code": 1, "result": [DONE]}, "not a JSON array"),
     "unknown status": ([{**DONE, "status": "EXPLODED"}], "unknown status 'EXPLODED'"),
     "task without id": ([{k: v for k, v in DONE.items() if k != "id"}], "no usable 'id'"),
     "task is a string": (["1725017482366993"], "expected a task object, got str"),
-    "properties not an object": ([{**DONE, "properties": ["x"]}], "'properties' must be an object"),
-    "time not a number": ([{**DONE, "finishTime": "soon"}], "'finishTime' must be epoch milliseconds"),
-    "prompt of the wrong type": ([{**DONE, "prompt": {"text": "x"}}], "'prompt' must be a string"),
+}
+
+#: Tasks with an optional field of the wrong type: (field in the answer, bad value, typed attribute,
+#: what the typed attribute holds instead). The task is still usable; the raw value stays in ``raw``.
+ODD_FIELDS = {
+    "properties not an object": ("properties", ["x"], "properties", {}),
+    "time not a number": ("finishTime", "soon", "finish_time", None),
+    "prompt of the wrong type": ("prompt", {"text": "x"}, "prompt", None),
 }
 
 
@@ -120,13 +129,15 @@ async def first_event(trigger: MJTaskTrigger) -> dict:
 
 # ------------------------------------------------------------------------------------ the hook
 @pytest.mark.parametrize("answer", list(NOT_JSON.values()), ids=list(NOT_JSON))
-def test_a_submit_answer_that_is_not_json_is_a_response_error_and_is_not_retried(routed, answer):
+def test_a_submit_answer_that_is_not_json_is_a_fate_unknown_error_and_is_not_retried(routed, answer):
     server = routed(always(Reply(body=answer)))
     hook, slept = fast_hook()
-    with pytest.raises(ApicoreResponseError) as info:
-        hook.submit_describe(PAYLOAD)
+    with pytest.raises(SubmissionFateUnknownError) as info:
+        hook.submit_describe({**PAYLOAD, "state": "malformed/tag"})
     message = assert_safe_message(info.value)
-    assert "/mj/submit/describe" in message
+    assert "/mj/submit/describe" in message and info.value.endpoint == "/mj/submit/describe"
+    assert info.value.state == "malformed/tag", "the tag that finds the job if one was created"
+    assert "not JSON" in info.value.cause or "empty" in info.value.cause, info.value.cause
     # The server may have processed it: sending it again could start a second paid job.
     assert server.count("/mj/submit/describe") == 1 and slept == []
 
@@ -170,12 +181,15 @@ def test_one_truncated_answer_to_a_task_query_is_retried_and_the_next_one_used(r
 
 
 @pytest.mark.parametrize(("answer", "reason"), list(BAD_SUBMITS.values()), ids=list(BAD_SUBMITS))
-def test_submit_answers_that_break_the_protocol_are_response_errors(routed, answer, reason):
-    routed(always(Reply(body=answer)))
-    hook, _ = fast_hook()
-    with pytest.raises(ApicoreResponseError, match=reason) as info:
+def test_submit_answers_that_break_the_protocol_are_fate_unknown_and_not_retried(routed, answer, reason):
+    # A 200 the client cannot read may well mean a job was created: never sent a second time.
+    server = routed(always(Reply(body=answer)))
+    hook, slept = fast_hook()
+    with pytest.raises(SubmissionFateUnknownError, match=reason) as info:
         hook.submit_describe(PAYLOAD)
     assert_safe_message(info.value)
+    assert reason in info.value.cause
+    assert server.count("/mj/submit/describe") == 1 and slept == []
 
 
 @pytest.mark.parametrize(("answer", "reason"), list(BAD_LISTS.values()), ids=list(BAD_LISTS))
@@ -188,6 +202,22 @@ def test_task_answers_that_break_the_protocol_are_response_errors_sync_and_async
     with pytest.raises(ApicoreResponseError, match=reason):
         asyncio.run(hook.alist_tasks([TASK_ID]))
     # Valid JSON in the wrong shape is not transport damage: asking again would get the same answer.
+    assert server.count("list-by-condition") == 2
+
+
+@pytest.mark.parametrize(("key", "bad", "attr", "typed"), list(ODD_FIELDS.values()), ids=list(ODD_FIELDS))
+def test_task_fields_of_the_wrong_type_are_ignored_and_kept_raw_sync_and_async(routed, key, bad, attr, typed):
+    server = routed(always(Reply(body=[{**DONE, key: bad}])))
+    hook, _ = fast_hook()
+    [task] = hook.list_tasks([TASK_ID])
+    [atask] = asyncio.run(hook.alist_tasks([TASK_ID]))
+    for t in (task, atask):
+        assert t.id == TASK_ID and t.status.value == "SUCCESS" and t.is_terminal
+        assert getattr(t, attr) == typed
+        assert t.raw[key] == bad
+    # The other fields still parse: only the odd one is dropped.
+    if key != "finishTime":
+        assert task.finish_time == DONE["finishTime"]
     assert server.count("list-by-condition") == 2
 
 
@@ -251,8 +281,8 @@ def test_describe_operator_waiting_on_a_malformed_task_list_fails_with_a_respons
     assert_safe_message(info.value)
 
 
-def test_batch_operator_reconciles_a_malformed_submit_answer_by_sending_the_image_again(routed, tmp_path):
-    # The first submit answer is cut short: the server may or may not have accepted it.
+def _cut_short_then_accepted(routed):
+    """A server whose first submit answer is cut short (it may have accepted it), the next accepted."""
     submits = iter([Reply(body='{"code": 1, "result": '), Reply(body=ACCEPTED)])
 
     def route(method: str, path: str, body) -> Reply:
@@ -260,10 +290,33 @@ def test_batch_operator_reconciles_a_malformed_submit_answer_by_sending_the_imag
             return next(submits)
         return Reply(body=[DONE])
 
-    server = routed(route)
+    return routed(route)
+
+
+def test_batch_operator_records_a_malformed_submit_answer_unknown_fate_and_never_resends(routed, tmp_path):
+    server = _cut_short_then_accepted(routed)
     write_images(tmp_path / "src", 1)
     op = MJBatchDescribeOperator(
         task_id="b", source=str(tmp_path / "src"), manifest_path=str(tmp_path / "m.jsonl"), poll_interval=0.05
+    )
+    summary = op.execute(CONTEXT)
+    assert summary["by_status"] == {UNKNOWN_FATE: 1}
+    [record] = read_manifest(tmp_path / "m.jsonl")
+    assert record.status == UNKNOWN_FATE and record.task_id is None and record.attempts == 1
+    assert record.state, "the state tag that finds the job, if APICore created one"
+    assert "not JSON" in (record.error or ""), record.error
+    assert server.count("/mj/submit/describe") == 1, "a submission in doubt is never sent again"
+
+
+def test_batch_operator_resends_a_malformed_submit_answer_only_when_told_to(routed, tmp_path):
+    server = _cut_short_then_accepted(routed)
+    write_images(tmp_path / "src", 1)
+    op = MJBatchDescribeOperator(
+        task_id="b",
+        source=str(tmp_path / "src"),
+        manifest_path=str(tmp_path / "m.jsonl"),
+        poll_interval=0.05,
+        on_unknown_fate="resubmit",
     )
     summary = op.execute(CONTEXT)
     assert summary["by_status"] == {SUCCESS: 1}
