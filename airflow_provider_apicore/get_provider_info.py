@@ -32,6 +32,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_apicore.operators.describe",
                     "airflow_provider_apicore.operators.batch_describe",
+                    "airflow_provider_apicore.operators.batch_imagine",
                     "airflow_provider_apicore.operators.imagine",
                     "airflow_provider_apicore.operators.action",
                     "airflow_provider_apicore.operators.blend",
@@ -51,6 +52,10 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "APICore Midjourney",
                 "python-modules": ["airflow_provider_apicore.triggers.task"],
             }
+        ],
+        "extra-links": [
+            "airflow_provider_apicore.links.ApicoreResultImageLink",
+            "airflow_provider_apicore.links.ApicoreManifestLink",
         ],
         "connection-types": [
             {

@@ -37,6 +37,7 @@ from airflow_provider_apicore.exceptions import (
     TaskNotFoundError,
 )
 from airflow_provider_apicore.hooks.apicore import ApicoreHook, mask_url_credentials, retry_delay
+from airflow_provider_apicore.links import ApicoreResultImageLink
 from airflow_provider_apicore.models import MJTask, SubmitResult, TaskStatus
 from airflow_provider_apicore.operators.masking import NotifyHookMaskingMixin
 from airflow_provider_apicore.results import outcome
@@ -153,6 +154,8 @@ class MJSubmitOperator(NotifyHookMaskingMixin, BaseOperator):
 
     template_fields: Sequence[str] = ("notify_hook", "state", "apicore_conn_id")
     ui_color = "#e8dff5"
+    #: "Midjourney image" in the task view: the finished task's image (the gateway's /mj/image/<id>).
+    operator_extra_links = (ApicoreResultImageLink(),)
 
     def __init__(
         self,
@@ -431,4 +434,8 @@ class MJSubmitOperator(NotifyHookMaskingMixin, BaseOperator):
 
     def _finish_task(self, hook: ApicoreHook, task: MJTask, context: Context) -> Any:
         self._in_flight = None
+        if task.image_url:
+            from urllib.parse import urljoin
+
+            ApicoreResultImageLink.persist(context, urljoin(hook.base_url + "/", task.image_url))
         return self.map_result(task, hook, context)

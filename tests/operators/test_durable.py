@@ -156,3 +156,13 @@ def test_the_default_retry_policy_fails_at_once_on_what_a_retry_cannot_fix():
     assert decide(SubmissionInDoubtError("t", "s", "c")) is RetryAction.FAIL
     assert decide(ApicoreQueueFullError(23, "full")) is RetryAction.RETRY
     assert decide(SubmissionFateUnknownError("/x", "HTTP 502")) is RetryAction.DEFAULT
+
+
+def test_the_result_image_link_is_stored_for_the_task_view(apicore_conn, png):
+    from airflow_provider_apicore.links import ApicoreResultImageLink
+
+    ctx = context(Store())
+    op(png).execute(ctx)
+    url = ctx["ti"].pushed[ApicoreResultImageLink().xcom_key]
+    assert url.startswith(apicore_conn.url) and url.endswith(".png")
+    assert ApicoreResultImageLink() in MJDescribeOperator.operator_extra_links
