@@ -75,18 +75,25 @@ with DAG(
 
     @task
     def write_captions(summary: dict, params: dict | None = None) -> dict:
-        """Read the manifest and write one caption per described image; return counts."""
-        from airflow_provider_apicore.manifest import read_manifest, write_captions
+        """
+        Read the manifest and write the training set: one caption per described image (no collisions
+        between ``cat.png`` and ``cat.jpg``; captions of images no longer described are removed), a
+        Hugging Face ImageFolder ``metadata.jsonl`` and ``_stats.json``; return counts.
+        """
+        from airflow_provider_apicore.manifest import read_manifest
+        from airflow_provider_apicore.outputs import write_training_outputs
 
         records = read_manifest(summary["manifest"])
-        written = write_captions(
+        written = write_training_outputs(
             records,
-            params["output_dir"],
-            root=params["image_dir"],
+            params["image_dir"],
+            output_dir=params["output_dir"],
             caption_prompt=params["caption_prompt"],
             strip_parameters=params["strip_parameters"],
+            stats_path=params["output_dir"],
+            manifest_path=summary["manifest"],
         )
         failed = sorted(r.image for r in records if r.status != "SUCCESS")
-        return {**summary, "captions": written["written"], "not_described": failed[:20]}
+        return {**summary, "captions": written["captions"]["written"], "not_described": failed[:20]}
 
     write_captions(describe.output)
