@@ -104,6 +104,7 @@ VOLATILE_FIELDS = (
     "rev",
     "size",
     "mtime",
+    "files",
 )
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -142,6 +143,7 @@ class ManifestRecord:
     :param size: the file's size in bytes when it was last read
     :param mtime: the file's modification time (epoch seconds) when it was last read; with ``size``, a
         rerun skips reading a finished file that did not change
+    :param files: stored result files (imagine with ``output_path``)
     """
 
     image: str
@@ -162,6 +164,7 @@ class ManifestRecord:
     rev: int = 0
     size: int | None = None
     mtime: float | None = None
+    files: list[str] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -176,6 +179,10 @@ class ManifestRecord:
         # hottest path when records are written.
         data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["prompts"] = list(self.prompts)
+        if self.files:
+            data["files"] = list(self.files)
+        else:
+            del data["files"]  # describe manifests stay as they were
         return data
 
     @classmethod
@@ -186,6 +193,8 @@ class ManifestRecord:
         values = {k: v for k, v in data.items() if k in _FIELD_SET}
         if not isinstance(values.get("prompts", []), list):
             raise ValueError("'prompts' must be a list")
+        if not isinstance(values.get("files", []), list):
+            raise ValueError("'files' must be a list")
         if not isinstance(values.get("rev", 0), int) or not isinstance(values.get("attempts", 0), int):
             raise ValueError("'rev' and 'attempts' must be whole numbers")
         return cls(**values)
@@ -204,6 +213,7 @@ class ManifestRecord:
             "start_time",
             "finish_time",
             "accepted_at",
+            "files",
         ):
             value = getattr(other, name)
             setattr(self, name, list(value) if isinstance(value, list) else value)

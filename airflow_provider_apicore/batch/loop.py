@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_apicore.batch.submit import SubmitFailure, Verdict, classify, submit_once
+from airflow_provider_apicore.batch.actions import BatchAction, DescribeAction, Item
+from airflow_provider_apicore.batch.submit import SubmitFailure, Verdict, classify
 from airflow_provider_apicore.exceptions import (
     ApicoreConfigError,
     ApicoreError,
@@ -24,7 +25,7 @@ from airflow_provider_apicore.exceptions import (
     ApicoreQuotaExceededError,
 )
 from airflow_provider_apicore.hooks.apicore import retry_delay
-from airflow_provider_apicore.images import ImageData, ImageReadError, load_image
+from airflow_provider_apicore.images import ImageReadError
 from airflow_provider_apicore.manifest import (
     FAILED_STATUSES,
     FINAL_STATUSES,
@@ -39,10 +40,8 @@ from airflow_provider_apicore.manifest import (
     UNKNOWN_FATE,
     Manifest,
     ManifestRecord,
-    apply_task,
     now_ms,
 )
-from airflow_provider_apicore.schemas import validate_describe_payload
 from airflow_provider_apicore.tracking import TaskTracker
 
 if TYPE_CHECKING:
@@ -87,6 +86,9 @@ class BatchLoop:
     :param max_submit_attempts: most submissions of one image whose answer may be lost
     :param resubmit_failed: a fresh run submits again images that ended failed
     :param backoff: ``backoff(refusals_in_a_row, base, cap)``: seconds to pause submitting
+    :param action: what each input is sent as and how a task maps to its record
+        (:mod:`~airflow_provider_apicore.batch.actions`); default: describe with ``notify_hook`` and
+        ``bot_type``
     """
 
     def __init__(
@@ -106,7 +108,9 @@ class BatchLoop:
         max_submit_attempts: int = 3,
         resubmit_failed: bool = False,
         backoff: Callable[[int, float, float], float] = retry_delay,
+        action: BatchAction | None = None,
     ) -> None:
+        self.action = action or DescribeAction(notify_hook, bot_type)
         self.manifest = manifest
         self.hook = hook
         self.tag = tag
@@ -164,14 +168,19 @@ class BatchLoop:
                         f"{record.state!r}); APICore may have started a job for it"
                     ),
                 )
-            if record.sha256 and (record.attempts > 0 or record.task_id) and record.sha256 not in self.by_sha:
+            if (
+                self.action.dedupe
+                and record.sha256
+                and (record.attempts > 0 or record.task_id)
+                and record.sha256 not in self.by_sha
+            ):
                 self.by_sha[record.sha256] = record.image
         for record in self.manifest:
             if record.status == SUBMITTED and record.task_id:
                 self._follow(record.task_id, record)
             elif record.status == SUBMITTED or (record.status == UNKNOWN_FATE and self._may_resubmit(record)):
                 self.in_doubt[record.image] = 0.0
-                if record.sha256:
+                if record.sha256 and self.action.dedupe:
                     self.by_sha[record.sha256] = record.image
             elif record.status == PENDING:
                 self.queue.append(record)
@@ -260,6 +269,8 @@ class BatchLoop:
         data = self._read(record)
         if data is None:
             return None
+        if not self.action.dedupe:
+            return self.send(record, data=data)
         if record.sha256 != data.sha256:
             old = record.sha256
             if old and self.by_sha.get(old) == record.image:
@@ -276,14 +287,14 @@ class BatchLoop:
         self.by_sha[data.sha256] = record.image
         return self.send(record, data=data)
 
-    def _read(self, record: ManifestRecord) -> ImageData | None:
+    def _read(self, record: ManifestRecord) -> Item | None:
         """
         Read an image, retrying a transient read error; record ``rejected`` (the file is not a usable
         image) or ``read_error`` (it could not be read now; the next run tries again) otherwise.
         """
         for attempt in range(READ_ATTEMPTS):
             try:
-                data = load_image(record.image, max_bytes=self.max_image_bytes)
+                data = self.action.read(record, self.max_image_bytes)
             except ImageReadError as err:
                 if attempt + 1 < READ_ATTEMPTS:
                     time.sleep(READ_PAUSES[min(attempt, len(READ_PAUSES) - 1)])
@@ -327,18 +338,11 @@ class BatchLoop:
         for record in self.waiting.pop(primary.sha256 or "", []):
             self._attach(record, primary)
 
-    def payload(self, data: ImageData, state: str) -> dict[str, Any]:
-        """The describe body of one image; the settings in it were checked before the batch began."""
-        payload: dict[str, Any] = {"base64": data.to_data_url(), "state": state}
-        if self.notify_hook:
-            payload["notifyHook"] = self.notify_hook
-        if self.bot_type:
-            payload["botType"] = self.bot_type
-        return payload
+    def payload(self, data: Item, state: str) -> dict[str, Any]:
+        """The body of one submission (the action's); its settings were checked before the batch began."""
+        return self.action.payload(data, state)
 
-    def send(
-        self, record: ManifestRecord, data: ImageData | None = None, reconciling: bool = False
-    ) -> str | None:
+    def send(self, record: ManifestRecord, data: Item | None = None, reconciling: bool = False) -> str | None:
         """
         Submit one image. Its record is durable as ``pending_submit`` before the request leaves and
         right after the answer.
@@ -354,11 +358,11 @@ class BatchLoop:
         state = f"{self.tag}/{data.sha256[:16]}/{attempt}"
         payload = self.payload(data, state)
         try:
-            validate_describe_payload(payload)
+            self.action.validate(payload)
         except ApicoreInputError as err:
-            if getattr(err, "field", "base64") != "base64":
-                # A setting, not this image: checked before the batch began, so this is a bug to report.
-                raise ApicoreConfigError(f"The describe settings are not valid: {err}") from None
+            if getattr(err, "field", self.action.input_field) != self.action.input_field:
+                # A setting, not this input: checked before the batch began, so this is a bug to report.
+                raise ApicoreConfigError(f"The {self.action.name} settings are not valid: {err}") from None
             self._final(record, REJECTED, str(err))
             return None
         # A connection that cannot be used fails here, before the image is marked as being sent.
@@ -366,7 +370,7 @@ class BatchLoop:
         self.manifest.touch(record, status=PENDING_SUBMIT, state=state, attempts=attempt, sha256=data.sha256)
         self.manifest.commit()
         try:
-            result = submit_once(self.hook, payload)
+            result = self.action.submit(self.hook, payload)
         except ApicoreError as err:
             return self._failed(record, previous, reconciling, classify(err), err)
         self.backoffs = 0
@@ -546,7 +550,7 @@ class BatchLoop:
                 )
             for record in records:
                 before = (record.status, record.start_time)
-                apply_task(record, task)
+                self.action.apply(record, task, self.hook, self.log)
                 if (record.status, record.start_time) != before:
                     self.manifest.touch(record)
                     if record.is_final:

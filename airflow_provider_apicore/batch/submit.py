@@ -99,7 +99,12 @@ def classify(err: BaseException) -> SubmitFailure:
             Verdict.PAUSE, f"APICore cannot take the job now (code {err.code}: {err.description})"
         )
     if isinstance(err, ApicoreSubmitError):
-        return SubmitFailure(Verdict.REJECT, f"APICore refused the image: code {err.code}, {err.description}")
+        word = (err.properties or {}).get("bannedWord") if isinstance(err.properties, dict) else None
+        return SubmitFailure(
+            Verdict.REJECT,
+            f"APICore refused the image: code {err.code}, {err.description}"
+            + (f"; banned word: {str(word)[:80]!r}" if word else ""),
+        )
     if isinstance(err, ApicoreHTTPError):
         if err.status in THROTTLED_STATUSES:
             return SubmitFailure(Verdict.PAUSE, f"APICore answered HTTP {err.status} (busy)")

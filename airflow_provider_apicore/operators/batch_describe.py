@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator, ObjectStoragePath, conf
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_apicore.account import QuotaGuard, usd_amount
+from airflow_provider_apicore.batch.actions import BatchAction, DescribeAction
 from airflow_provider_apicore.batch.errors import LeaseLostError, ManifestUnavailableError, UnknownFateError
 from airflow_provider_apicore.batch.lease import FencingToken, ManifestLease
 from airflow_provider_apicore.batch.loop import (
@@ -287,8 +288,7 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         self.estimated_cost_per_image_usd = usd_amount(
             "estimated_cost_per_image_usd", self.estimated_cost_per_image_usd
         )
-        if self.source is None or (isinstance(self.source, (str, list, tuple)) and not self.source):
-            raise ApicoreConfigError("source must be a directory, a path or a non-empty list of paths")
+        self._check_inputs()
         if self.manifest_path is None or (
             isinstance(self.manifest_path, str) and not self.manifest_path.strip()
         ):
@@ -322,6 +322,26 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
                 f"on_unknown_fate must be one of {', '.join(map(repr, UNKNOWN_FATE_POLICIES))}, "
                 f"got {self.on_unknown_fate!r}"
             )
+
+    def _check_inputs(self) -> None:
+        """Reject a missing ``source`` (another action's operator checks its own inputs)."""
+        if self.source is None or (isinstance(self.source, (str, list, tuple)) and not self.source):
+            raise ApicoreConfigError("source must be a directory, a path or a non-empty list of paths")
+
+    def _make_action(self) -> BatchAction:
+        """The action adapter every input is sent through (:mod:`airflow_provider_apicore.batch.actions`)."""
+        return DescribeAction(self.notify_hook, self.bot_type)
+
+    def _plan(self, manifest: Manifest) -> None:
+        """A fresh try: put the source's images into the manifest (new ones ``pending``)."""
+        listed = list_source(
+            self.source,
+            pattern=self.pattern,
+            recursive=self.recursive,
+            max_image_bytes=self.max_image_bytes,
+            manifest=manifest,
+        )
+        add_listed(manifest, listed, self.log)
 
     # ------------------------------------------------------------------ Airflow entry points
     def execute(self, context: Context) -> dict[str, Any]:
@@ -445,6 +465,7 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
             max_submit_attempts=int(self.max_submit_attempts),
             resubmit_failed=self.resubmit_failed,
             backoff=_submit_backoff,
+            action=self._make_action(),
         )
         self._loop = loop
         loop.quota = QuotaGuard(
@@ -457,14 +478,7 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         )
         try:
             if fresh:
-                listed = list_source(
-                    self.source,
-                    pattern=self.pattern,
-                    recursive=self.recursive,
-                    max_image_bytes=self.max_image_bytes,
-                    manifest=manifest,
-                )
-                add_listed(manifest, listed, self.log)
+                self._plan(manifest)
             loop.prepare(fresh=fresh)
             if not fresh:
                 self._check_event_known(loop, event or {})

@@ -22,6 +22,7 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_apicore import images as images_module
+from airflow_provider_apicore.batch import actions as actions_module
 from airflow_provider_apicore.batch import loop as loop_module
 from airflow_provider_apicore.batch.errors import ManifestUnavailableError, UnknownFateError
 from airflow_provider_apicore.exceptions import ApicoreConfigError, ApicoreError
@@ -174,7 +175,7 @@ def test_transient_read_errors_are_retried_then_read_error_and_read_again_by_the
     paths = write_images(tmp_path / "src", 3)
     flaky, broken = str(paths[0]), str(paths[1])
     failures = {flaky: 1, broken: 99}  # the flaky file fails once, the broken one every time
-    real_load = loop_module.load_image
+    real_load = actions_module.load_image
 
     def load(source, max_bytes):
         if failures.get(str(source), 0) > 0:
@@ -182,7 +183,7 @@ def test_transient_read_errors_are_retried_then_read_error_and_read_again_by_the
             raise ImageReadError(str(source), "cannot read the file: Input/output error")
         return real_load(source, max_bytes=max_bytes)
 
-    monkeypatch.setattr(loop_module, "load_image", load)
+    monkeypatch.setattr(actions_module, "load_image", load)
     monkeypatch.setattr(loop_module, "READ_PAUSES", (0.01,))
     op = operator(tmp_path)
     summary = op.execute(CONTEXT)
