@@ -49,21 +49,28 @@ class TaskTracker:
         self.not_found: set[str] = set()
         self._misses: dict[str, int] = {}
         self._pending: dict[str, None] = dict.fromkeys(str(i) for i in task_ids)
-        self._all: dict[str, None] = dict(self._pending)
+        #: the ids given at construction (what an event reports); ids added later are not kept once
+        #: finished, so a long batch holds only the ids in flight
+        self._all: tuple[str, ...] = tuple(self._pending)
+        #: ids that stopped being pending (terminal, not found or discarded)
+        self._finished = 0
+        self._initial = frozenset(self._all)
 
     # -- feeding
     def add(self, task_ids: Iterable[str]) -> None:
         """Follow more ids (the batch operator adds ids as it submits)."""
         for task_id in task_ids:
             task_id = str(task_id)
-            self._all.setdefault(task_id, None)
+            if task_id in self._pending:
+                continue
             if task_id not in self.latest or not self.latest[task_id].is_terminal:
-                self._pending.setdefault(task_id, None)
+                self._pending[task_id] = None
 
     def discard(self, task_ids: Iterable[str]) -> None:
         """Stop following ids (the batch operator gives up on a task after its timeout)."""
         for task_id in task_ids:
-            self._pending.pop(str(task_id), None)
+            if self._pending.pop(str(task_id), 0) is None:
+                self._finished += 1
             self._misses.pop(str(task_id), None)
 
     def forget(self, task_ids: Iterable[str]) -> None:
@@ -79,7 +86,7 @@ class TaskTracker:
     @property
     def finished_count(self) -> int:
         """Ids no longer pending: terminal, not found or discarded."""
-        return len(self._all) - len(self._pending)
+        return self._finished
 
     def update(self, tasks: Iterable[MJTask]) -> list[MJTask]:
         """
@@ -100,11 +107,13 @@ class TaskTracker:
                 finished.append(task)
         for task in finished:
             del self._pending[task.id]
+            self._finished += 1
         for task_id in [i for i in self._pending if i not in seen]:
             misses = self._misses.get(task_id, 0) + 1
             self._misses[task_id] = misses
             if misses >= self.missing_grace:
                 del self._pending[task_id]
+                self._finished += 1
                 self.not_found.add(task_id)
         return finished
 
@@ -137,7 +146,7 @@ class TaskTracker:
         """
         return {
             "status": EVENT_DONE if self.done else EVENT_TIMEOUT,
-            "task_ids": list(self._all),
+            "task_ids": [*self._all, *(i for i in self._pending if i not in self._initial)],
             "tasks": {task_id: compact_task(task, carry_results) for task_id, task in self.latest.items()},
             "not_found": sorted(self.not_found),
             "pending": self.pending,
