@@ -4,6 +4,11 @@ Every fault class the emulator injects, through ApicoreHook (sync, async and its
 Each case asserts the outcome the README's Reliability section documents: retried (how often),
 or failed with a specific error; and the emulator's ``faults_injected`` counter proves the fault
 really happened.
+A submit answered 500, 502 or 504 (JSON, text or an HTML error page), or with a body that cannot be
+read, may have been processed: it is ``SubmissionFateUnknownError`` after one request, never retried.
+503 and 429 say nothing was processed: retried (``ApicoreThrottledError`` when they persist). The
+emulator's ``http_5xx`` draws 500/502/503/504 from a seeded stream, which the tests replay with the
+emulator's own ``FaultDecider`` to know which status each request got.
 Request-level faults are aimed at one endpoint class with the emulator's ``endpoints`` filter; the
 connection allows 2 retries and a 1 s timeout, and the hook's backoff is scaled down to milliseconds
 (the schedule itself is checked with the default settings at the end).
@@ -18,12 +23,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_apicore.emulator.faults import FAIL_REASONS
+from airflow_provider_apicore.emulator.faults import FAIL_REASONS, FaultDecider
 from airflow_provider_apicore.exceptions import (
     ApicoreAuthError,
     ApicoreHTTPError,
     ApicoreQueueFullError,
     ApicoreResponseError,
+    ApicoreThrottledError,
     ApicoreUnreachableError,
     SubmissionFateUnknownError,
     TaskFailedError,
@@ -33,9 +39,18 @@ from airflow_provider_apicore.exceptions import (
 from airflow_provider_apicore.hooks.apicore import ApicoreHook
 from airflow_provider_apicore.images import to_data_url
 from airflow_provider_apicore.results import describe_result, outcome
+from tests.conftest import SEED
 from tests.reliability.conftest import fast_hook, unique_png
 
 RETRIES = 2  # the connection's max_retries in these tests: a persistent fault costs 3 requests
+
+
+def seeded_5xx_statuses(count: int) -> list[int]:
+    """The statuses the emulator's ``http_5xx`` fault answers with, in order, under the tests' seed."""
+    decider = FaultDecider(SEED)
+    return [decider.server_error()[0] for _ in range(count)]
+
+
 UNKNOWN_ID = "1725017482366993"
 
 
@@ -92,25 +107,26 @@ class Case:
 
 PERSISTENT = RETRIES + 1
 CASES = [
-    # 5xx and HTML error pages: nothing was processed, every call is retried, then gives up naming the status.
+    # 5xx and HTML error pages to a read: every call is retried, then gives up naming the status.
     *(
-        Case(
-            "http_5xx",
-            call,
-            ApicoreHTTPError,
-            f"{PERSISTENT} times; gave up (max_retries={RETRIES})",
-            PERSISTENT,
-        )
-        for call in CALLS
+        Case("http_5xx", call, ApicoreHTTPError, f"{PERSISTENT} times;", PERSISTENT)
+        for call in ("list", "async list", "fetch")
     ),
-    *(Case("html_error", call, ApicoreHTTPError, "502 Bad Gateway", PERSISTENT) for call in CALLS),
+    *(
+        Case("html_error", call, ApicoreHTTPError, "502 Bad Gateway", PERSISTENT)
+        for call in ("list", "async list", "fetch")
+    ),
+    # ... to a submit: the client cannot know whether the job was created, so it is never sent again
+    # (the seed's first 5xx is a 502, checked below; 503 is test_a_5xx_to_a_submit_...).
+    Case("http_5xx", "submit", SubmissionFateUnknownError, "HTTP 502", 1, 0),
+    Case("html_error", "submit", SubmissionFateUnknownError, "502 Bad Gateway", 1, 0),
     # 429: retried after the server's Retry-After, then gives up naming 429.
     *(
         Case("http_429", call, ApicoreHTTPError, "HTTP 429", PERSISTENT, knobs={"retry_after": 0})
         for call in CALLS
     ),
     # A body that is not JSON: reads are asked again; a submit is not (it may have been processed).
-    Case("malformed_json", "submit", ApicoreResponseError, "is not JSON", 1),
+    Case("malformed_json", "submit", SubmissionFateUnknownError, "is not JSON", 1),
     *(
         Case("malformed_json", call, ApicoreResponseError, f"{PERSISTENT} times; gave up", PERSISTENT)
         for call in ("list", "async list", "fetch")
@@ -152,6 +168,8 @@ def hook(emulator, monkeypatch) -> tuple[ApicoreHook, list[float]]:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_a_persistent_fault_ends_as_documented(emulator, hook, case):
+    if case.id == "http_5xx-submit":
+        assert seeded_5xx_statuses(1) == [502], "the case expects the seed's first injected 5xx to be a 502"
     the_hook, slept = hook
     call, endpoint = CALLS[case.call]
     faults: dict[str, Any] = {case.fault: True if case.fault == "token_expired" else 1.0, **case.knobs}
@@ -194,24 +212,54 @@ def test_transient_read_faults_are_retried_until_the_answer_comes(emulator, hook
 
 
 def test_transient_submit_faults_that_were_not_processed_are_retried(emulator, hook):
+    # 429 says nothing was processed: the hook retries it, and each image gets exactly one job.
     the_hook, _ = hook
     the_hook._max_retries = 6
     the_hook._settings = None
-    emulator.configure(
-        faults={
-            "http_5xx": 0.3,
-            "http_429": 0.2,
-            "html_error": 0.2,
-            "endpoints": ["submit"],
-            "retry_after": 0,
-        }
-    )
+    emulator.configure(faults={"http_429": 0.4, "endpoints": ["submit"], "retry_after": 0})
     ids = {the_hook.submit_describe(payload(i)).task_id for i in range(8)}
     stats = emulator.stats()
-    injected = sum(stats["faults_injected"][k] for k in ("http_5xx", "http_429", "html_error"))
+    injected = stats["faults_injected"]["http_429"]
     assert injected >= 1
     assert len(ids) == stats["tasks_created"] == 8 and stats["duplicate_submissions"] == 0
     assert stats["requests"]["submit"] == 8 + injected
+
+
+def test_a_5xx_to_a_submit_is_fate_unknown_except_503_which_is_retried(emulator, hook):
+    # Every submit answered 5xx: 503s are retried (nothing processed), the first 500/502/504 ends the
+    # call with SubmissionFateUnknownError naming that status, and that request is never sent again.
+    the_hook, slept = hook
+    the_hook._max_retries = 6
+    the_hook._settings = None
+    emulator.configure(faults={"http_5xx": 1.0, "endpoints": ["submit"]})
+    expected = seeded_5xx_statuses(40)
+    assert 503 in expected[:12], "the seed must exercise a 503 within the first calls"
+    for i in range(8):
+        with pytest.raises(SubmissionFateUnknownError) as info:
+            the_hook.submit_describe({**payload(i), "state": f"catalogue/{i}"})
+        throttled = 0
+        while expected[0] == 503:
+            expected.pop(0)
+            throttled += 1
+        assert info.value.status == expected.pop(0) in (500, 502, 504), info.value
+        assert info.value.state == f"catalogue/{i}" and f"HTTP {info.value.status}" in str(info.value)
+        assert len(slept) == throttled, f"call {i}: one wait before each retry of a 503, none after a 50x"
+        slept.clear()
+    stats = emulator.stats()
+    assert stats["requests"]["submit"] == stats["faults_injected"]["http_5xx"]
+    assert stats["tasks_created"] == 0
+
+
+def test_a_persistent_429_to_a_submit_is_throttled_after_the_retries(emulator, hook):
+    # Nothing was processed: retried max_retries times, then ApicoreThrottledError (503 is retried the
+    # same way, see test_a_5xx_to_a_submit_...).
+    the_hook, slept = hook
+    emulator.configure(faults={"http_429": 1.0, "endpoints": ["submit"], "retry_after": 0})
+    with pytest.raises(ApicoreThrottledError) as info:
+        the_hook.submit_describe(payload())
+    assert info.value.status == 429 and len(slept) == RETRIES
+    stats = emulator.stats()
+    assert stats["requests"]["submit"] == PERSISTENT and stats["tasks_created"] == 0
 
 
 def test_retry_after_is_what_the_hook_waits(emulator, hook):
@@ -228,7 +276,7 @@ def test_default_schedule_is_five_retries_in_at_most_31_seconds(emulator, monkey
     the_hook = ApicoreHook()
     slept: list[float] = []
     the_hook._sleep = slept.append  # record the schedule without waiting it out
-    with pytest.raises(ApicoreHTTPError, match=r"6 times; gave up \(max_retries=5\)"):
+    with pytest.raises(ApicoreHTTPError, match=r"6 times; .*\(max_retries=5\)"):
         the_hook.list_tasks([UNKNOWN_ID])
     assert len(slept) == 5
     for attempt, delay in enumerate(slept):
