@@ -94,8 +94,13 @@ def test_the_trigger_event_never_holds_the_hook_password(apicore_conn):
 
     event = asyncio.run(first_event())
     assert event["status"] == "done"
-    assert event["tasks"][task_id]["properties"]["notifyHook"] == "https://bot:***@127.0.0.1:9/cb"
+    # Events carry only what results need: the echoed notifyHook is not among it, redacted or not.
+    assert "notifyHook" not in event["tasks"][task_id].get("properties", {})
     assert password not in repr(event)
+    # The task object the event is built from holds the echo redacted, in the typed and the raw fields.
+    task = ApicoreHook().fetch_task(task_id)
+    assert task.properties["notifyHook"] == "https://bot:***@127.0.0.1:9/cb"
+    assert password not in repr(task.raw) and password not in repr(task.properties)
 
 
 def test_a_templated_hook_url_is_masked_in_the_rendered_fields(tmp_path):
