@@ -13,7 +13,7 @@ from airflow_provider_apicore.exceptions import ApicoreConfigError
 from airflow_provider_apicore.fanout import fanout_records, images_for_mapping, write_fanout_results
 from airflow_provider_apicore.hooks.apicore import ApicoreHook
 from airflow_provider_apicore.images import load_image, to_data_url
-from airflow_provider_apicore.manifest import REJECTED, ManifestRecord, apply_task
+from airflow_provider_apicore.manifest import REJECTED, UNKNOWN_FATE, ManifestRecord, apply_task
 from airflow_provider_apicore.models import MJTask
 from airflow_provider_apicore.results import describe_result
 from tests.helpers.imagegen import make_gif, make_jpeg, make_png
@@ -103,6 +103,27 @@ def test_a_failed_mapped_task_is_looked_up_so_its_record_says_why(tmp_path, apic
     assert records[1].task_id == task_id
     assert records[1].error  # the emulator's failReason
     assert records[1].error == hook.fetch_task(task_id).fail_reason
+
+
+def test_a_mapped_task_whose_submit_answer_was_lost_is_unknown_fate_with_its_state_tag(tmp_path):
+    images = _images(tmp_path, 3)
+    fate = {"state": "dag/run/describe[1]", "cause": "HTTP 502: Bad Gateway"}
+    records = fanout_records(
+        images, [_success(), None, None], [None, None, None], unknown_fates=[None, fate, None]
+    )
+    assert (records[1].status, records[1].state, records[1].error) == (
+        UNKNOWN_FATE,
+        fate["state"],
+        fate["cause"],
+    )
+    assert records[1].task_id is None and records[1].attempts == 1
+    assert records[2].status == REJECTED, "no unknown_fate XCom: it never reached APICore"
+    assert records[0].status == "SUCCESS"
+
+
+def test_unknown_fates_that_do_not_align_with_the_images_are_refused(tmp_path):
+    with pytest.raises(Exception, match="unknown_fates"):
+        fanout_records(_images(tmp_path, 2), [_success(), None], unknown_fates=[None])
 
 
 def test_results_that_do_not_align_with_the_images_are_refused(tmp_path):
