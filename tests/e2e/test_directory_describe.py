@@ -6,8 +6,9 @@ described by the daily batch DAG; an 8-image part of it by the fan-out DAG too (
 task per image runs sequentially under ``airflow dags test``, about 2.5 s an image, so the fan-out gets
 the smaller directory here; the whole 200 go through the fan-out on the real scheduler in
 tests/integration/test_whole_directory.py); both manifests must agree. Then the batched task is made
-to fail, and is killed outright, about half way through: the retry finishes and the emulator counts no
-duplicate.
+to fail, and is killed outright, about half way through, once while a processed submission's answer
+is held in the air: the retry finishes, never sends an image in doubt again (it is recorded
+``unknown_fate`` with its state tag) and the emulator, which never deduplicates, counts no duplicate job.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from typing import Any
 import pytest
 import requests
 
-from airflow_provider_apicore.manifest import PENDING_SUBMIT, SUBMITTED, normalised, read_manifest
+from airflow_provider_apicore.manifest import (
+    PENDING_SUBMIT,
+    SUBMITTED,
+    SUCCESS,
+    UNKNOWN_FATE,
+    normalised,
+    read_manifest,
+)
 from tests.conftest import TEST_TOKEN, Emulator
 from tests.helpers.airflow_run import AIRFLOW, airflow_env, read_last_run, run_dag_test
 from tests.helpers.imagetree import ImageTree, make_image_tree
@@ -244,12 +252,23 @@ def test_a_failed_try_half_way_is_retried_by_airflow_without_a_duplicate(
     assert len(records) == 200 and all(r.status == "SUCCESS" for r in records)
 
 
+def remove_killed_lease(manifest: Path, dag_id: str) -> None:
+    """
+    The lease a killed try leaves stays until a retry of the same task instance takes it over; the next
+    ``airflow dags test`` here is a new DAG run, so the test does what the lease error says: delete it.
+    """
+    lease = Path(f"{manifest}.lease")
+    assert lease.exists(), "the killed try held the manifest lease"
+    assert dag_id in lease.read_text()
+    lease.unlink()
+
+
 def test_a_killed_try_is_finished_by_the_next_without_resubmitting_accepted_images(
     tree, emulator, airflow_home, tmp_path
 ):
     """SIGKILL the whole `airflow dags test` process group after ~100 accepted jobs, then run again."""
-    # Like a gateway that answers code 21 for an image it already has a job for.
-    emulator.configure(**FAST_ACCOUNT, dedupe=True)
+    # A server that never deduplicates, like the real ones: any resend would be a second paid job.
+    emulator.configure(**FAST_ACCOUNT, dedupe=False)
     dag_id = "apicore_batch_kill_e2e"
     env = crash_env(tmp_path, airflow_home, emulator, dag_id, deferrable=False)
     manifest = tmp_path / "manifest.jsonl"
@@ -282,47 +301,56 @@ def test_a_killed_try_is_finished_by_the_next_without_resubmitting_accepted_imag
     assert len(left) == 200
     accepted_before = {image: r.task_id for image, r in left.items() if r.task_id}
     assert len(accepted_before) >= 90
-    in_the_air = [r for r in left.values() if r.status == PENDING_SUBMIT]
+    in_the_air = {r.image: r for r in left.values() if r.status == PENDING_SUBMIT}
     assert len(in_the_air) <= 1, "submissions are sequential: at most one can be in the air"
     lost_but_accepted = sum(
         len(requests.get(f"{emulator.url}/_emulator/tasks", params={"state": r.state}, timeout=10).json())
-        for r in in_the_air
+        for r in in_the_air.values()
     )
     before = emulator.stats()
-    assert before["submissions_accepted"] == len(set(accepted_before.values())) + lost_but_accepted
+    assert before["jobs_created"] == len(set(accepted_before.values())) + lost_but_accepted
 
+    remove_killed_lease(manifest, dag_id)
     second = run_dag_test(env, dag_id, json.loads(conf))
     assert second.returncode == 0, second.output[-4000:]
     assert second.state == "success"
     records = {r.image: r for r in read_manifest(manifest)}
-    assert len(records) == 200 and all(r.status == "SUCCESS" for r in records.values())
+    assert len(records) == 200
     # Every image that had an accepted task id was only followed, never submitted again.
     assert all(records[image].task_id == task_id for image, task_id in accepted_before.items())
+    # A submission whose answer died with the process is not sent again: recorded unknown_fate, with
+    # the tag that finds its job if APICore created one.
+    for image, doubt in in_the_air.items():
+        assert records[image].status == UNKNOWN_FATE and records[image].task_id is None
+        assert records[image].state == doubt.state and records[image].attempts == doubt.attempts
+        assert "previous try stopped" in records[image].error
+    doubtful = {r.sha256 for r in in_the_air.values()}  # byte-identical copies share the fate
+    assert all(r.status == SUCCESS for r in records.values() if r.sha256 not in doubtful), {
+        image: (r.status, r.error) for image, r in records.items() if r.status != SUCCESS
+    }
     stats = emulator.stats()
-    # Only a submission whose answer died with the process is sent again, and the server answers it
-    # with the job it already has (code 21): no image ever started two jobs.
-    assert stats["duplicate_submissions"] == 0
-    assert stats["submissions_existed"] == lost_but_accepted <= 1
-    assert stats["submissions_accepted"] == len(tree.unique)
+    assert stats["duplicate_image_jobs"] == 0 and stats["duplicate_jobs"] == 0
+    assert stats["submissions_existed"] == 0
+    assert stats["jobs_created"] == len(tree.unique) - len(in_the_air) + lost_but_accepted
     assert stats["max_active"] <= MAX_IN_FLIGHT
     assert not [r for r in records.values() if r.status in (SUBMITTED, PENDING_SUBMIT)]
     _, state, _, _ = read_last_run(airflow_home / "airflow.db", dag_id)
     assert state == "success"
 
 
-@pytest.mark.parametrize("server_dedupes", [True, False], ids=["server-answers-21", "server-never-dedupes"])
-def test_a_try_killed_while_its_submission_awaits_the_answer_is_reconciled_on_resume(
-    tree, emulator, airflow_home, tmp_path, server_dedupes
+def test_a_try_killed_while_its_submission_awaits_the_answer_is_recorded_unknown_fate_on_resume(
+    tree, emulator, airflow_home, tmp_path
 ):
     """
-    The worst moment to die: APICore has accepted a submission but its answer has not arrived.
+    The worst moment to die: APICore has created the job for a submission but its answer has not arrived.
 
-    The emulator holds the answers to submissions (``slow``) from about half way; the try is killed
-    while it waits for one. The next try finds that image ``pending_submit`` and reconciles it by
-    sending the same image again: a server that deduplicates answers with the existing task (code 21,
-    no duplicate); one that does not starts a second job, exactly one, which its counter shows.
+    From about half way the emulator holds the answers to submissions (``slow``); the try is killed as
+    soon as the emulator reports a processed submission whose answer it holds (``jobs_held``). The next
+    try finds that image ``pending_submit`` and, against a server that never deduplicates, must not send
+    it again: it is recorded ``unknown_fate`` with the lost submission's state tag (which finds the job),
+    and the emulator counts 0 duplicate jobs.
     """
-    emulator.configure(**FAST_ACCOUNT, dedupe=server_dedupes)
+    emulator.configure(**FAST_ACCOUNT, dedupe=False)
     dag_id = "apicore_batch_lost_answer_e2e"
     env = crash_env(tmp_path, airflow_home, emulator, dag_id, deferrable=False)
     manifest = tmp_path / "manifest.jsonl"
@@ -334,13 +362,17 @@ def test_a_try_killed_while_its_submission_awaits_the_answer_is_reconciled_on_re
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    held: dict[str, Any] = {}
 
     def hold_answers_then_kill(_stats: dict) -> None:
         emulator.configure(faults={"slow": 1.0, "slow_seconds": 60, "endpoints": ["submit"]})
-        deadline = time.monotonic() + 30
-        while emulator.stats()["faults_injected"]["slow"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)  # the held submission has been processed: accepted upstream, answer not sent
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stats = emulator.stats()
+            if stats["jobs_held"] >= 1:  # a submission was processed (its job exists), answer held
+                held.update(stats)
+                break
+            time.sleep(0.02)
         os.killpg(first.pid, signal.SIGKILL)
 
     watcher = Watcher(emulator, lambda s: s["submissions_accepted"] >= 100, hold_answers_then_kill)
@@ -352,6 +384,8 @@ def test_a_try_killed_while_its_submission_awaits_the_answer_is_reconciled_on_re
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == -signal.SIGKILL
+    assert held, "the emulator never held a processed submission's answer before the kill"
+    assert held["jobs_held"] == 1 and held["answers_held"] >= 1
     emulator.configure(faults={})
 
     left = {r.image: r for r in read_manifest(manifest)}
@@ -362,20 +396,26 @@ def test_a_try_killed_while_its_submission_awaits_the_answer_is_reconciled_on_re
     ).json()
     accepted_before = {image: r.task_id for image, r in left.items() if r.task_id}
 
+    remove_killed_lease(manifest, dag_id)
     second = run_dag_test(env, dag_id, conf)
     assert second.returncode == 0, second.output[-4000:]
     assert second.state == "success"
     records = {r.image: r for r in read_manifest(manifest)}
-    assert all(r.status == "SUCCESS" for r in records.values()) and len(records) == 200
+    assert len(records) == 200
     assert all(records[image].task_id == task_id for image, task_id in accepted_before.items())
-    reconciled = records[in_the_air.image]
-    assert reconciled.attempts == 2, "sent once more, with the next attempt's tag"
-    server_deduplicated = reconciled.task_id == lost["id"]
-    assert server_deduplicated == server_dedupes
+    doubt = records[in_the_air.image]
+    assert doubt.status == UNKNOWN_FATE and doubt.task_id is None
+    assert doubt.state == in_the_air.state == lost["state"], "the tag that finds the job it started"
+    assert doubt.attempts == in_the_air.attempts, "never sent again"
+    assert "previous try stopped" in doubt.error and in_the_air.state in doubt.error
+    # (A byte-identical copy of the image in doubt, if the tree has one, shares its fate: no job of its own.)
+    others = {image: r for image, r in records.items() if r.sha256 != in_the_air.sha256}
+    assert all(r.status == SUCCESS for r in others.values()), {
+        image: (r.status, r.error) for image, r in others.items() if r.status != SUCCESS
+    }
     stats = emulator.stats()
-    assert stats["duplicate_submissions"] == (0 if server_dedupes else 1)
-    assert stats["submissions_existed"] == (1 if server_dedupes else 0)
-    assert stats["submissions_accepted"] == len(tree.unique) + stats["duplicate_submissions"]
-    # The image in doubt kept its slot until reconciled: the bound held throughout.
+    assert stats["duplicate_image_jobs"] == 0 and stats["duplicate_jobs"] == 0
+    assert stats["submissions_existed"] == 0
+    # One job per distinct image: the one in doubt has exactly the job its lost answer was about.
+    assert stats["jobs_created"] == len(tree.unique)
     assert stats["max_active"] <= MAX_IN_FLIGHT
-    assert "submitted again after a lost answer" in second.output or "code 21" in second.output
