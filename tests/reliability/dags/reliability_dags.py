@@ -66,6 +66,7 @@ with DAG(
             ti.xcom_pull(task_ids="describe", map_indexes=indexes),
             params["output_dir"],
             task_ids=ti.xcom_pull(task_ids="describe", key="task_id", map_indexes=indexes),
+            unknown_fates=ti.xcom_pull(task_ids="describe", key="unknown_fate", map_indexes=indexes),
             root=params["image_dir"],
         )
 
