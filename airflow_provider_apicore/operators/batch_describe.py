@@ -31,6 +31,13 @@ from airflow_provider_apicore.batch.planner import add_listed, list_source
 from airflow_provider_apicore.exceptions import ApicoreConfigError, ApicoreError, ApicoreInputError
 from airflow_provider_apicore.hooks.apicore import ApicoreHook, mask_url_credentials, retry_delay
 from airflow_provider_apicore.images import DEFAULT_MAX_IMAGE_BYTES
+from airflow_provider_apicore.lineage import (
+    ApicoreLineageMixin,
+    asset_event_extra,
+    emit_manifest_event,
+    manifest_outlet,
+)
+from airflow_provider_apicore.links import ApicoreLinksMixin
 from airflow_provider_apicore.manifest import PENDING, Manifest, to_storage_path
 from airflow_provider_apicore.models import MJTask
 from airflow_provider_apicore.operators.masking import NotifyHookMaskingMixin
@@ -104,7 +111,7 @@ def state_tag(dag_id: str, run_id: str, attempts: int) -> str:
     return tag
 
 
-class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
+class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHookMaskingMixin, BaseOperator):
     """
     Describe every image of a directory (or a list of images) with Midjourney, in one task.
 
@@ -207,6 +214,21 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         failures are in the manifest and the summary either way)
     :param lease: hold the manifest's lease (one writer per manifest); turn off only for stores where
         no second writer can exist
+    :param output_dir: where mirrored captions and ``_stats.json`` go at the end (templated); default:
+        captions (when asked for) next to the images, ``_stats.json`` next to the manifest
+    :param caption_extension: ``.txt`` or ``.caption``: write one caption per described image (kohya-style
+        sidecars; ``cat.png`` and ``cat.jpg`` never share one; stale ones are removed); None: none
+    :param imagefolder_metadata: write a Hugging Face ImageFolder ``metadata.jsonl`` at the source root
+    :param parquet_path: also write the records as Parquet there, with provenance columns (templated;
+        needs the ``parquet`` extra)
+    :param caption_prompt: which of the four prompts is the caption and ImageFolder ``text`` (1-4)
+    :param strip_parameters: drop trailing Midjourney parameters (``--ar 4:3``) from captions
+
+    The manifest is declared as the task's outlet (an ``Asset`` of its URI, or an ``AssetAlias`` while
+    ``manifest_path`` is templated); the finished batch emits its event with ``extra`` = counts
+    (succeeded, failed, unknown fate, pending, total), the manifest and the spend where known, so a
+    DAG scheduled on it starts when the training data is ready. ``get_openlineage_facets_on_complete``
+    reports the source as one input dataset and the manifest and captions as outputs.
     """
 
     template_fields: Sequence[str] = (
@@ -217,6 +239,8 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         "max_in_flight",
         "poll_interval",
         "timeout",
+        "output_dir",
+        "parquet_path",
     )
     ui_color = "#d7c9f0"
 
@@ -245,8 +269,22 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         min_quota_usd: float | None = None,
         estimated_cost_per_image_usd: float | None = None,
         report_balance: bool | None = None,
+        output_dir: str | os.PathLike | ObjectStoragePath | None = None,
+        caption_extension: str | None = None,
+        imagefolder_metadata: bool = False,
+        parquet_path: str | os.PathLike | ObjectStoragePath | None = None,
+        caption_prompt: int = 1,
+        strip_parameters: bool = False,
         **kwargs: Any,
     ) -> None:
+        # The manifest is what the task produces: an asset (an alias while the path is templated),
+        # so that a "training data ready" DAG can be scheduled on it.
+        if "outlets" not in kwargs:
+            try:
+                alias = f"apicore-manifest-{kwargs.get('task_id')}"
+                kwargs["outlets"] = [manifest_outlet(manifest_path, alias_name=alias)]
+            except ApicoreConfigError:
+                pass  # an unusable manifest_path: _check_arguments names it below
         super().__init__(**kwargs)
         if resubmit_unknown_fate is not None:
             warnings.warn(
@@ -278,6 +316,12 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
         self.min_quota_usd = min_quota_usd
         self.estimated_cost_per_image_usd = estimated_cost_per_image_usd
         self.report_balance = report_balance
+        self.output_dir = output_dir
+        self.caption_extension = caption_extension
+        self.imagefolder_metadata = imagefolder_metadata
+        self.parquet_path = parquet_path
+        self.caption_prompt = caption_prompt
+        self.strip_parameters = strip_parameters
         self._check_arguments()
         if not _is_template(notify_hook):
             mask_url_credentials(notify_hook)
@@ -346,8 +390,11 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
     # ------------------------------------------------------------------ Airflow entry points
     def execute(self, context: Context) -> dict[str, Any]:
         self._check_arguments()
+        if hasattr(context.get("ti"), "xcom_push"):
+            # Shown in the task view at once, deferred or not.
+            self.persist_manifest_link(context, self.manifest_path)
         loop = self._open(context, fresh=True)
-        return self._guarded(loop, lambda: self._drive(loop))
+        return self._publish(context, self._guarded(loop, lambda: self._drive(loop)))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None) -> dict[str, Any]:
         """
@@ -374,7 +421,59 @@ class MJBatchDescribeOperator(NotifyHookMaskingMixin, BaseOperator):
             loop.absorb(tasks, event.get("not_found") or [])
             return self._drive(loop)
 
-        return self._guarded(loop, resume)
+        return self._publish(context, self._guarded(loop, resume))
+
+    def _publish(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        """
+        What a finished batch leaves beyond its manifest: the training-set outputs asked for, the
+        manifest's asset event (its ``extra`` carries the counts), and the OpenLineage facets.
+        """
+        manifest = summary["manifest"]
+        by_status = summary.get("by_status", {})
+        counts = {
+            "succeeded": summary["succeeded"],
+            "failed": summary["failed"],
+            "unknown_fate": summary["unknown_fate"],
+            "pending": by_status.get(PENDING, 0),
+            "total": summary["total"],
+        }
+        outputs: dict[str, Any] = {"manifest": manifest}
+        file_counts: dict[str, int] = {}
+        wanted = self.caption_extension or self.imagefolder_metadata or self.parquet_path or self.output_dir
+        if wanted:
+            from airflow_provider_apicore.manifest import read_manifest
+            from airflow_provider_apicore.outputs import write_training_outputs
+
+            root = self.source if isinstance(self.source, (str, os.PathLike, ObjectStoragePath)) else None
+            written = write_training_outputs(
+                read_manifest(manifest),
+                root,
+                output_dir=self.output_dir,
+                caption_extension=self.caption_extension
+                if self.output_dir or self.caption_extension
+                else None,
+                captions_next_to_images=self.output_dir is None,
+                imagefolder_metadata=self.imagefolder_metadata,
+                parquet_path=self.parquet_path,
+                stats_path=self.output_dir or to_storage_path(manifest).parent,
+                caption_prompt=self.caption_prompt,
+                strip_parameters=self.strip_parameters,
+                bot_type=self.bot_type,
+                manifest_path=manifest,
+                spend=summary.get("spent_usd"),
+            )
+            summary["outputs"] = {k: v for k, v in written.items() if k != "captions"}
+            if "captions" in written:
+                summary["captions"] = written["captions"].get("written", 0)
+                file_counts["captions"] = summary["captions"]
+                outputs["captions"] = str(self.output_dir or root)
+        self.set_lineage(
+            [self.source], outputs, counts=counts, spend=summary.get("spent_usd"), file_counts=file_counts
+        )
+        if self.outlets and "outlet_events" in context:
+            extra = asset_event_extra(counts=counts, manifest_path=manifest, spend=summary.get("spent_usd"))
+            emit_manifest_event(context, self.outlets[0], manifest, extra)
+        return summary
 
     def on_kill(self) -> None:
         """
