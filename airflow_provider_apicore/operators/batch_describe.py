@@ -333,6 +333,14 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
             "estimated_cost_per_image_usd", self.estimated_cost_per_image_usd
         )
         self._check_inputs()
+        bot_type = self.bot_type
+        if (
+            bot_type is not None
+            and not _is_template(bot_type)
+            and bot_type not in ("MID_JOURNEY", "NIJI_JOURNEY")
+        ):
+            # Once, when the DAG is parsed: not one refusal per image at run time.
+            raise ApicoreConfigError(f"bot_type must be 'MID_JOURNEY' or 'NIJI_JOURNEY', got {bot_type!r}")
         if self.manifest_path is None or (
             isinstance(self.manifest_path, str) and not self.manifest_path.strip()
         ):

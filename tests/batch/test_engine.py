@@ -161,7 +161,8 @@ def test_a_bad_bot_type_fails_before_any_image_is_marked_and_a_fixed_rerun_descr
 ):
     apicore_conn.configure(**FAST)
     write_images(tmp_path / "src", 3)
-    with pytest.raises(ApicoreConfigError, match=r"no image was sent or marked.*botType"):
+    # Refused when the DAG is parsed, once, naming the argument.
+    with pytest.raises(ApicoreConfigError, match=r"bot_type must be 'MID_JOURNEY' or 'NIJI_JOURNEY'"):
         operator(tmp_path, bot_type="NIJI").execute(CONTEXT)
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
     assert apicore_conn.stats()["requests"]["submit"] == 0
