@@ -471,6 +471,14 @@ class BatchLoop:
             delay = self.backoff(self.backoffs, max(1.0, self.poll_interval), MAX_SUBMIT_BACKOFF)
         self.backoffs += 1
         if self.backoffs > MAX_IDLE_BACKOFFS and not self.tracker.pending:
+            note = (
+                f"The batch gave up after {self.backoffs} refused submissions in a row with nothing in "
+                f"flight. The manifest {self.manifest.path} is intact (unsent images stay pending): fix the "
+                "cause or wait, then clear the task; its retry resumes from the manifest."
+            )
+            self.log.error(note)
+            if hasattr(err, "add_note"):  # shown under the error in the task log (Python 3.11+)
+                err.add_note(note)
             raise err
         self.paused_until = time.monotonic() + delay
         if reconciling:

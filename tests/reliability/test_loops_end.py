@@ -209,8 +209,10 @@ def test_a_batch_meeting_a_queue_that_never_frees_gives_up(apicore_conn, tmp_pat
     op = MJBatchDescribeOperator(
         task_id="b", source=str(tmp_path / "src"), manifest_path=str(tmp_path / "m.jsonl"), poll_interval=0.05
     )
-    with pytest.raises(ApicoreQueueFullError, match="code 23"):
+    with pytest.raises(ApicoreQueueFullError, match="code 23") as info:
         op.execute(CONTEXT)
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "manifest" in notes and "intact" in notes and "resumes" in notes
     # Nothing in flight and the queue still full after MAX_IDLE_BACKOFFS pauses: the task fails, and
     # every image is still waiting in the manifest for the retry.
     assert len(pauses) == MAX_IDLE_BACKOFFS + 1
