@@ -119,3 +119,60 @@ def add_listed(manifest: Manifest, listed: Sequence[Listed], log: Any) -> int:
             "%d finished images changed on disk since they were described: describing them again", changed
         )
     return changed
+
+
+# ------------------------------------------------------------------------------ settings fingerprint
+#: Written next to the manifest: the settings its results were made with.
+SETTINGS_SUFFIX = ".settings.json"
+#: Outcomes a changed setting makes stale: they would be different now (refusals are not redone).
+_RESULT_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCEL", "timeout", "not_found"})
+
+
+def settings_fingerprint(action: str, schema_name: str, **settings: Any) -> dict[str, Any]:
+    """
+    The settings that change a result (the action, its payload schema, e.g. ``bot_type``), and their
+    hash: a manifest made with other settings must not silently lend its results to this run.
+    """
+    import hashlib
+    import json
+
+    from airflow_provider_apicore.schemas import load_schema
+
+    schema = hashlib.sha256(json.dumps(load_schema(schema_name), sort_keys=True).encode()).hexdigest()[:12]
+    described = {"action": action, "schema": f"{schema_name}@{schema}", **settings}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"fingerprint": digest, **described}
+
+
+def apply_settings(manifest: Manifest, settings: dict[str, Any], log: Any) -> int:
+    """
+    Compare the settings the manifest's results were made with (``<manifest>.settings.json``) with this
+    run's: when they differ, every result they made goes back to ``pending`` and is described again.
+    Then record this run's settings.
+
+    :return: how many results were made stale
+    """
+    import json
+
+    path = manifest.path.parent / (manifest.path.name + SETTINGS_SUFFIX)
+    try:
+        stored = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        stored = None
+    stale = 0
+    if stored is not None and stored.get("fingerprint") != settings["fingerprint"]:
+        for record in list(manifest):
+            if record.status in _RESULT_STATUSES:
+                manifest.touch(record, status=PENDING, task_id=None, prompts=[], prompt=None, error=None)
+                stale += 1
+        changed = {
+            k: (stored.get(k), v) for k, v in settings.items() if k != "fingerprint" and stored.get(k) != v
+        }
+        log.warning(
+            "The manifest's results were made with other settings (%s): describing %d images again",
+            ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()) or "unknown",
+            stale,
+        )
+    if stored != settings:
+        path.write_text(json.dumps(settings, sort_keys=True))
+    return stale

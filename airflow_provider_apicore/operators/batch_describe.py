@@ -27,7 +27,12 @@ from airflow_provider_apicore.batch.loop import (
     BatchLoop,
     duration,
 )
-from airflow_provider_apicore.batch.planner import add_listed, list_source
+from airflow_provider_apicore.batch.planner import (
+    add_listed,
+    apply_settings,
+    list_source,
+    settings_fingerprint,
+)
 from airflow_provider_apicore.exceptions import ApicoreConfigError, ApicoreError, ApicoreInputError
 from airflow_provider_apicore.hooks.apicore import ApicoreHook, mask_url_credentials, retry_delay
 from airflow_provider_apicore.images import DEFAULT_MAX_IMAGE_BYTES
@@ -41,7 +46,7 @@ from airflow_provider_apicore.links import ApicoreLinksMixin
 from airflow_provider_apicore.manifest import PENDING, Manifest, to_storage_path
 from airflow_provider_apicore.models import MJTask
 from airflow_provider_apicore.operators.masking import NotifyHookMaskingMixin
-from airflow_provider_apicore.schemas import validate_describe_payload
+from airflow_provider_apicore.schemas import DESCRIBE_PAYLOAD, validate_describe_payload
 from airflow_provider_apicore.tracking import EVENT_ERROR
 from airflow_provider_apicore.triggers.task import MJTaskTrigger
 
@@ -394,6 +399,9 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
             manifest=manifest,
         )
         add_listed(manifest, listed, self.log)
+        apply_settings(
+            manifest, settings_fingerprint("describe", DESCRIBE_PAYLOAD, bot_type=self.bot_type), self.log
+        )
 
     # ------------------------------------------------------------------ Airflow entry points
     def execute(self, context: Context) -> dict[str, Any]:

@@ -98,3 +98,24 @@ def test_no_outputs_unless_asked(apicore_conn, tmp_path):
     summary = op.execute({"ti": TI(), "outlet_events": Events()})
     assert "captions" not in summary
     assert not list(source.glob("*.txt")) and not (source / "metadata.jsonl").exists()
+
+
+def test_a_changed_setting_describes_again_instead_of_reusing_old_results(apicore_conn, tmp_path):
+    source = images(tmp_path / "images")
+    manifest = tmp_path / "m.jsonl"
+
+    def run(**kwargs: Any) -> dict[str, Any]:
+        op = MJBatchDescribeOperator(
+            task_id="describe", source=str(source), manifest_path=str(manifest), poll_interval=0.1, **kwargs
+        )
+        return op.execute({"ti": TI(), "outlet_events": Events()})
+
+    assert run()["succeeded"] == 4
+    assert apicore_conn.stats()["jobs_created"] == 3  # cat0.jpg has cat1.png's bytes: one job
+    run()  # same settings: nothing sent again
+    assert apicore_conn.stats()["jobs_created"] == 3
+    settings = json.loads((tmp_path / "m.jsonl.settings.json").read_text())
+    assert settings["bot_type"] is None and settings["action"] == "describe"
+    assert run(bot_type="NIJI_JOURNEY")["succeeded"] == 4
+    assert apicore_conn.stats()["jobs_created"] == 6, "new settings, new descriptions"
+    assert json.loads((tmp_path / "m.jsonl.settings.json").read_text())["bot_type"] == "NIJI_JOURNEY"
