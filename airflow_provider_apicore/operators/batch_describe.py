@@ -456,18 +456,20 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
         outputs: dict[str, Any] = {"manifest": manifest}
         file_counts: dict[str, int] = {}
         wanted = self.caption_extension or self.imagefolder_metadata or self.parquet_path or self.output_dir
-        if wanted:
+        records = None
+        if wanted or summary["total"] <= LINEAGE_TASK_IDS_UP_TO:
             from airflow_provider_apicore.manifest import read_manifest
+
+            records = read_manifest(manifest)
+        if wanted:
             from airflow_provider_apicore.outputs import write_training_outputs
 
             root = self.source if isinstance(self.source, (str, os.PathLike, ObjectStoragePath)) else None
             written = write_training_outputs(
-                read_manifest(manifest),
+                records,
                 root,
                 output_dir=self.output_dir,
-                caption_extension=self.caption_extension
-                if self.output_dir or self.caption_extension
-                else None,
+                caption_extension=self.caption_extension,
                 captions_next_to_images=self.output_dir is None,
                 imagefolder_metadata=self.imagefolder_metadata,
                 parquet_path=self.parquet_path,
@@ -483,8 +485,14 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
                 summary["captions"] = written["captions"].get("written", 0)
                 file_counts["captions"] = summary["captions"]
                 outputs["captions"] = str(self.output_dir or root)
+        # The run facet lists APICore task ids only while they are few (records read above).
         self.set_lineage(
-            [self.source], outputs, counts=counts, spend=summary.get("spent_usd"), file_counts=file_counts
+            [self.source],
+            outputs,
+            records,
+            counts=None if records is not None else counts,
+            spend=summary.get("spent_usd"),
+            file_counts=file_counts,
         )
         if self.outlets and "outlet_events" in context:
             extra = asset_event_extra(counts=counts, manifest_path=manifest, spend=summary.get("spent_usd"))
@@ -765,6 +773,9 @@ def _submit_backoff(attempt: int, base: float, cap: float) -> float:
     """The pause after ``attempt`` refused submissions in a row (looked up at call time)."""
     return retry_delay(attempt, base, cap)
 
+
+#: Up to this many images the OpenLineage run facet lists their APICore task ids.
+LINEAGE_TASK_IDS_UP_TO = 1000
 
 #: Kept for callers of the old private helper.
 _duration = duration
