@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from scripts.airflow_stack import AirflowStack, Phase
 from tests.integration.conftest import RESULTS, note, record_phase
@@ -184,12 +185,25 @@ def test_connection_form_shows_the_apicore_fields_saves_and_tests_against_the_em
 
     saved = stack.api("GET", "/api/v2/connections/apicore_ui", expect=200).json()
     assert saved["conn_type"] == "apicore" and saved["host"] == stack.emulator_url, saved
-    assert json.loads(saved["extra"]) == {"timeout": 20, "max_retries": 2}, saved
+    extra = {k: v for k, v in json.loads(saved["extra"]).items() if v not in ("", None)}
+    assert extra == {"timeout": 20, "max_retries": 2}, saved
 
-    # The UI's test runs ApicoreHook.test_connection() in the API server against the emulator.
+    # The UI's test runs ApicoreHook.test_connection() in the API server against the emulator, which
+    # gives this token a balance: the answer reports it.
+    requests.put(
+        f"{stack.emulator_url}/_emulator/billing",
+        json={"accounts": {stack.emulator_token: {"balance_usd": 4.5, "used_usd": 0.5}}},
+        timeout=30,
+    ).raise_for_status()
     before = emulator_get(stack, "/_emulator/stats")
-    answer = ui_connection_test(page, "apicore_ui")
-    message = f"Connected to {stack.emulator_url}; the API token was accepted."
+    try:
+        answer = ui_connection_test(page, "apicore_ui")
+    finally:
+        requests.put(f"{stack.emulator_url}/_emulator/billing", json={"accounts": {}}, timeout=30)
+    message = (
+        f"Connected to {stack.emulator_url}; the API token was accepted. "
+        "Balance: 4.5000 USD left of 5.0000 USD."
+    )
     assert answer == {"status": 200, "body": {"status": True, "message": message}}, answer
     page.get_by_text("Test Connection Successful").wait_for()
     page.get_by_text(message).wait_for()
