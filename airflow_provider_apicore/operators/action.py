@@ -68,7 +68,7 @@ class MJActionOperator(ImageOutputMixin, MJSubmitOperator):
     :param mj_task_id: the parent task: its id, or the result dict of an upstream operator (templated)
     :param action: readable action: ``upscale``, ``variation``, ``reroll``, ``upscale_subtle``,
         ``upscale_creative``, ``upscale_2x``, ``upscale_4x``, ``vary_subtle``, ``vary_strong``,
-        ``vary_region``, ``zoom_out_2x``, ``zoom_out_1.5x`` (alias ``zoom``), ``custom_zoom``,
+        ``vary_region``, ``zoom_out_2x`` (alias ``zoom``), ``zoom_out_1.5x``, ``custom_zoom``,
         ``pan_left``/``right``/``up``/``down``, ``describe_pick``, ``shorten_pick`` (templated)
     :param index: which picture, 1-4 (left to right, top to bottom), for upscale/variation/picks
     :param custom_id: a raw ``buttons[].customId`` instead of ``action`` (templated)
