@@ -40,6 +40,10 @@ def test_the_docs_have_excerpts_from_every_example_dag_they_document():
         "dags/apicore_batch_describe.py",
         "dags/apicore_describe_wait_styles.py",
         "dags/apicore_training_data_ready.py",
+        "dags/apicore_describe_imagine_upscale.py",
+        "dags/apicore_variations_zoom.py",
+        "dags/apicore_sharded_batch.py",
+        "dags/apicore_describe_durable.py",
     } <= sources
 
 
