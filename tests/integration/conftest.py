@@ -149,13 +149,14 @@ def workdir(stack: AirflowStack) -> Path:
     return path
 
 
-def run_dag(stack: AirflowStack, dag_id: str, conf: dict[str, Any]) -> RunWatch:
+def run_dag(stack: AirflowStack, dag_id: str, conf: dict[str, Any], timeout: float = 240) -> RunWatch:
     """
-    Trigger ``dag_id`` through the REST API and wait for the run; record how long it took and how many
-    describe jobs the emulator accepted meanwhile (runs are sequential, so they are this run's).
+    Trigger ``dag_id`` through the REST API and wait for the run (at most ``timeout`` seconds); record
+    how long it took and how many describe jobs the emulator accepted meanwhile (runs are sequential,
+    so they are this run's).
     """
     before = emulator_get(stack, "/_emulator/stats")["submissions_accepted"]
-    watch = trigger_and_watch(stack, dag_id, conf)
+    watch = trigger_and_watch(stack, dag_id, conf, timeout=timeout)
     watch.submissions = emulator_get(stack, "/_emulator/stats")["submissions_accepted"] - before
     record_phase(Phase(f"{stack.database}: run {dag_id}", watch.seconds))
     return watch

@@ -50,10 +50,12 @@ def test_a_200_image_directory_gives_identical_manifests_by_fanout_and_by_batch(
     assert len(tree.images) == 200 and tree.duplicates and tree.non_images
 
     stats_before = emulator_get(stack, "/_emulator/stats")
+    # 200 mapped deferrable tasks, each started twice (submit, resume) by one LocalExecutor on 2 cores.
     fanout = run_dag(
         stack,
         "apicore_describe_images",
         {"image_dir": str(tree.root), "output_dir": str(workdir / "fanout-200")},
+        timeout=900,
     )
     assert_succeeded(stack, fanout)
     stats_mid = emulator_get(stack, "/_emulator/stats")
