@@ -16,6 +16,8 @@ directories better anyway. Try this DAG against the bundled emulator with ``make
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import DAG, Param, task
 
@@ -61,6 +63,9 @@ with DAG(
         poll_interval=2,
         timeout=900,
         state="{{ dag.dag_id }}/{{ run_id }}",
+        # A retry re-attaches to the image's job (task_state_store): it never pays twice.
+        retries=2,
+        retry_delay=timedelta(seconds=10),
     ).expand(image=images)
 
     @task(trigger_rule="all_done")
