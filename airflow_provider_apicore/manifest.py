@@ -274,12 +274,12 @@ def normalised(record: ManifestRecord | dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- task -> record
-def apply_task(record: ManifestRecord, task: MJTask) -> None:
+def copy_task_progress(record: ManifestRecord, task: MJTask) -> bool:
     """
-    Copy what a task object says into a record (the one task -> record mapping).
+    Copy what every action's task says about its progress (id, times, image, tag) into a record; a
+    task still running leaves the record ``submitted``.
 
-    Success goes through :func:`~airflow_provider_apicore.results.describe_result`, the provider's one
-    result mapping, so the prompts are exactly what :class:`MJDescribeOperator` returns.
+    :return: whether the task is terminal (the caller maps its result)
     """
     record.task_id = task.id
     record.submit_time = task.submit_time
@@ -290,6 +290,18 @@ def apply_task(record: ManifestRecord, task: MJTask) -> None:
         record.state = task.state
     if not task.is_terminal:
         record.status = SUBMITTED
+        return False
+    return True
+
+
+def apply_task(record: ManifestRecord, task: MJTask) -> None:
+    """
+    Copy what a task object says into a record (the one task -> record mapping).
+
+    Success goes through :func:`~airflow_provider_apicore.results.describe_result`, the provider's one
+    result mapping, so the prompts are exactly what :class:`MJDescribeOperator` returns.
+    """
+    if not copy_task_progress(record, task):
         return
     try:
         result = describe_result(task)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_apicore.exceptions import ApicoreError, ApicoreInputError, TaskFailedError
 from airflow_provider_apicore.images import load_image
-from airflow_provider_apicore.manifest import SUBMITTED, ManifestRecord, apply_task
+from airflow_provider_apicore.manifest import ManifestRecord, apply_task
 from airflow_provider_apicore.schemas import validate_describe_payload, validate_payload
 
 if TYPE_CHECKING:
@@ -163,16 +163,9 @@ class ImagineAction(BatchAction):
 
     def apply(self, record: ManifestRecord, task: MJTask, hook: ApicoreHook, log: Any) -> None:
         from airflow_provider_apicore.family_results import check_success
+        from airflow_provider_apicore.manifest import copy_task_progress
 
-        record.task_id = task.id
-        record.submit_time = task.submit_time
-        record.start_time = task.start_time
-        record.finish_time = task.finish_time
-        record.image_url = task.image_url
-        if task.state is not None:
-            record.state = task.state
-        if not task.is_terminal:
-            record.status = SUBMITTED
+        if not copy_task_progress(record, task):
             return
         try:
             check_success(task)
