@@ -199,7 +199,14 @@ def test_connection_form_shows_the_apicore_fields_saves_and_tests_against_the_em
     try:
         answer = ui_connection_test(page, "apicore_ui")
     finally:
-        requests.put(f"{stack.emulator_url}/_emulator/billing", json={"accounts": {}}, timeout=30)
+        # A partial update: ``null`` removes the account (the token is unlimited again) for the tests
+        # that follow on this stack.
+        requests.put(
+            f"{stack.emulator_url}/_emulator/billing",
+            json={"accounts": {stack.emulator_token: None}},
+            timeout=30,
+        ).raise_for_status()
+    assert stack.emulator_token not in emulator_get(stack, "/_emulator/billing")["accounts"]
     message = (
         f"Connected to {stack.emulator_url}; the API token was accepted. "
         "Balance: 4.5000 USD left of 5.0000 USD."

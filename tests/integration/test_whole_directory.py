@@ -43,8 +43,17 @@ def wide_account(stack: AirflowStack):
         pytest.skip("the whole-directory runs use the SQLite stack; PostgreSQL runs the sample-set DAGs")
     before = emulator_get(stack, "/_emulator/config")
     put_emulator_config(stack, WIDE_ACCOUNT)
+    # What is measured is Airflow, not money: the stack's token pays for everything here.
+    requests.put(
+        f"{stack.emulator_url}/_emulator/billing",
+        json={"accounts": {stack.emulator_token: {"unlimited": True}}},
+        timeout=10,
+    ).raise_for_status()
     yield
     put_emulator_config(stack, {k: before[k] for k in WIDE_ACCOUNT})
+    requests.put(
+        f"{stack.emulator_url}/_emulator/billing", json={"accounts": {stack.emulator_token: None}}, timeout=10
+    ).raise_for_status()
 
 
 def test_a_directory_gives_identical_manifests_by_fanout_and_by_batch(
