@@ -428,8 +428,9 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
             if event.get("status") == EVENT_ERROR:
                 loop.manifest.commit()
                 loop.manifest.flush(force=True)
+                reason = str(event.get("message")).rstrip(".")
                 raise ApicoreError(
-                    f"Following {len(loop.tracker.pending)} Midjourney tasks failed: {event.get('message')}. "
+                    f"Following {len(loop.tracker.pending)} Midjourney tasks failed: {reason}. "
                     f"Every task id is kept in {loop.manifest.path}; a retry of this task resumes following "
                     "them."
                 )
