@@ -53,23 +53,6 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_apicore.triggers.task"],
             }
         ],
-        "config": {
-            "apicore": {
-                "description": "Settings of the APICore Midjourney provider.",
-                "options": {
-                    "trigger_settle_seconds": {
-                        "description": "Least seconds between a task deferring and its trigger's first "
-                        "poll (hence its event). Airflow 3.3 can fail a resumed task whose trigger fired "
-                        "before the executor reported the deferring process's exit (apache/airflow#72716). "
-                        "Read on the worker that defers.",
-                        "version_added": "0.1.0",
-                        "type": "float",
-                        "example": "6",
-                        "default": "6",
-                    }
-                },
-            }
-        },
         "extra-links": [
             "airflow_provider_apicore.links.ApicoreResultImageLink",
             "airflow_provider_apicore.links.ApicoreManifestLink",

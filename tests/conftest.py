@@ -17,8 +17,6 @@ import requests
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="apicore-airflow-"))
 os.environ["AIRFLOW_HOME"] = str(_SESSION_HOME / "inprocess")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-# In-process triggers need no settle time (that guards a scheduler race); the settle tests set it.
-os.environ.setdefault("AIRFLOW__APICORE__TRIGGER_SETTLE_SECONDS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_apicore.emulator import EmulatorConfig, EmulatorServer  # noqa: E402

@@ -7,23 +7,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from airflow.configuration import conf
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_apicore.exceptions import ApicoreError
 from airflow_provider_apicore.hooks.apicore import ApicoreHook
 from airflow_provider_apicore.tracking import EVENT_ERROR, EVENT_PARTIAL, TaskTracker
-
-#: Seconds a trigger waits before its first poll unless ``[apicore] trigger_settle_seconds`` says
-#: otherwise. Airflow 3.3 can fail a resumed task when its trigger fires before the executor has
-#: reported the deferring process's exit (apache/airflow#72716); the LocalExecutor reports it up to
-#: ``[workers] min_heartbeat_interval`` (5 s) late, Celery about as late.
-DEFAULT_SETTLE_SECONDS = 6.0
-
-
-def settle_seconds_from_config() -> float:
-    """``[apicore] trigger_settle_seconds`` of the process that builds the trigger (the worker)."""
-    return max(0.0, conf.getfloat("apicore", "trigger_settle_seconds", fallback=DEFAULT_SETTLE_SECONDS))
 
 
 class MJTaskTrigger(BaseTrigger):
@@ -34,8 +22,7 @@ class MJTaskTrigger(BaseTrigger):
     single trigger can follow a thousand jobs as cheaply as one. Transient HTTP failures are retried
     by :class:`ApicoreHook` with backoff; an error that survives them ends the wait with an ``error``
     event. It yields exactly one event: the tracker's summary (see :class:`TaskTracker`). The first
-    poll comes one interval after the trigger starts, since the caller checked just before deferring,
-    and never sooner than ``settle_seconds``.
+    poll comes one interval after the trigger starts, since the caller checked just before deferring.
 
     :param task_ids: Midjourney task ids to follow
     :param apicore_conn_id: the Airflow connection id
@@ -48,9 +35,6 @@ class MJTaskTrigger(BaseTrigger):
     :param carry_results: put what results need of each finished task in the event (the prompt text
         once); ``False``: only status, progress and failReason per id, for callers that fetch finished
         tasks themselves. Events are stored in the metadata database.
-    :param settle_seconds: the least time before the first poll, hence before any event, so that the
-        executor has reported the deferring process's exit before the task resumes
-        (apache/airflow#72716). ``None``: ``[apicore] trigger_settle_seconds`` (default 6).
     """
 
     def __init__(
@@ -61,7 +45,6 @@ class MJTaskTrigger(BaseTrigger):
         end_time: float | None = None,
         min_finished: int | None = None,
         carry_results: bool = True,
-        settle_seconds: float | None = None,
     ) -> None:
         super().__init__()
         self.task_ids = [str(i) for i in task_ids]
@@ -70,9 +53,6 @@ class MJTaskTrigger(BaseTrigger):
         self.end_time = end_time
         self.min_finished = min_finished
         self.carry_results = carry_results
-        if settle_seconds is None:
-            settle_seconds = settle_seconds_from_config()
-        self.settle_seconds = float(settle_seconds)
         self._tracker: TaskTracker | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -86,8 +66,6 @@ class MJTaskTrigger(BaseTrigger):
             kwargs["min_finished"] = self.min_finished
         if not self.carry_results:
             kwargs["carry_results"] = False
-        # Resolved on the worker, kept as is: a triggerer reads no [apicore] setting of its own.
-        kwargs["settle_seconds"] = self.settle_seconds
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     async def on_kill(self) -> None:
@@ -110,15 +88,13 @@ class MJTaskTrigger(BaseTrigger):
         # one early "timeout" answer, never a defer/resume loop: the operators do not defer again.
         timeout = None if self.end_time is None else max(0.0, self.end_time - time.time())
         tracker = self._tracker = TaskTracker(self.task_ids, timeout=timeout)
-        # Wait first: whoever deferred has just submitted or checked these tasks. Polling at once
-        # would gain nothing and could fire the event before the deferring worker has reported its
-        # exit, which Airflow 3.3 can turn into a failed task (apache/airflow#72716).
-        wait = max(self.poll_interval, self.settle_seconds)
         try:
             while True:
+                # Wait first: whoever deferred has just submitted or checked these tasks. Polling at
+                # once would gain nothing and could fire the event before the deferring worker has
+                # reported its exit, which Airflow 3.3 can turn into a failed task (apache/airflow#72716).
                 left = tracker.seconds_left()
-                await asyncio.sleep(wait if left is None else min(wait, left))
-                wait = self.poll_interval
+                await asyncio.sleep(self.poll_interval if left is None else min(self.poll_interval, left))
                 tracker.update(await hook.alist_tasks(tracker.pending))
                 enough = self.min_finished is not None and tracker.finished_count >= self.min_finished
                 if tracker.done or tracker.timed_out or enough:

@@ -26,9 +26,6 @@ def airflow_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, st
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            # `airflow dags test` runs triggers in its own process: no executor report to wait for
-            # (MJTaskTrigger's settle time guards apache/airflow#72716 on real deployments).
-            "AIRFLOW__APICORE__TRIGGER_SETTLE_SECONDS": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

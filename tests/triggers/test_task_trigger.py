@@ -178,7 +178,6 @@ def test_serialize_round_trips_exactly_through_airflow_serde():
         "apicore_conn_id": "mj_prod",
         "poll_interval": 7.0,
         "end_time": 1.75e9,
-        "settle_seconds": 0.0,
     }
     # What the scheduler stores and the triggerer rebuilds (the same path `airflow dags test` takes).
     rebuilt = import_string(classpath)(**deserialize(serialize(kwargs)))
@@ -191,33 +190,6 @@ def test_serialize_round_trips_exactly_through_airflow_serde():
     assert early.serialize()[1]["min_finished"] == 1
     rebuilt = import_string(classpath)(**deserialize(serialize(early.serialize()[1])))
     assert rebuilt.serialize() == early.serialize()
-
-
-def test_no_event_before_the_settle_time_even_when_every_job_has_finished(apicore_conn, monkeypatch):
-    # Every job is finished before the trigger starts: only the settle time holds the event back.
-    apicore_conn.configure(job_seconds=0.05)
-    ids = submit(2)
-    time.sleep(0.3)
-    monkeypatch.setenv("AIRFLOW__APICORE__TRIGGER_SETTLE_SECONDS", "1.5")
-    trigger = MJTaskTrigger(ids, poll_interval=POLL)
-    assert trigger.serialize()[1]["settle_seconds"] == 1.5
-    # The worker's setting travels with the trigger: the triggerer's own config is not read.
-    monkeypatch.setenv("AIRFLOW__APICORE__TRIGGER_SETTLE_SECONDS", "0")
-    rebuilt = MJTaskTrigger(**trigger.serialize()[1])
-    started = time.monotonic()
-    event = first_event(rebuilt)
-    assert time.monotonic() - started >= 1.5
-    assert event["status"] == "done" and not event["pending"]
-
-    started = time.monotonic()
-    assert first_event(MJTaskTrigger(ids, poll_interval=POLL))["status"] == "done"
-    assert time.monotonic() - started < 1.5
-
-
-def test_settle_time_defaults_to_six_seconds(monkeypatch):
-    monkeypatch.delenv("AIRFLOW__APICORE__TRIGGER_SETTLE_SECONDS", raising=False)
-    assert MJTaskTrigger(["1"]).settle_seconds == 6.0
-    assert MJTaskTrigger(["1"], settle_seconds=0).settle_seconds == 0.0
 
 
 def test_min_finished_returns_a_partial_event_while_others_still_run(apicore_conn):
