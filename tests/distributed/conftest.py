@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pkgutil
 import shutil
 import subprocess
 import time
@@ -53,6 +54,24 @@ STACK_ENV = {
     "APICORE_EXAMPLE_RETRY_DELAY": "3",
 }
 
+#: Celery settings of the stack's workers: Airflow's own, plus modules imported once by each worker's
+#: main process before it forks its pool. A task process is forked from there, so it parses its DAG
+#: file and opens S3 without importing the provider, s3fs and the Amazon provider again: about 0.9 s
+#: of CPU saved per task start measured on two cores (every mapped deferrable task starts twice).
+CELERY_CONFIG_MODULE = "apicore_stack_celery"
+CELERY_CONFIG_SOURCE = '''"""Celery settings of the distributed test stack (see tests/distributed)."""
+
+from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+CELERY_CONFIG = {{**DEFAULT_CELERY_CONFIG, "imports": {imports!r}}}
+'''
+PRELOADED = (
+    "s3fs",
+    "airflow.providers.amazon.aws.fs.s3",
+    "airflow.providers.amazon.aws.hooks.s3",
+    "PIL.Image",
+)
+
 _phases: list[Phase] = []
 _notes: list[str] = []
 
@@ -75,6 +94,35 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{phase.name:<56} {phase.seconds:7.1f}s")
     for line in _notes:
         terminalreporter.write_line(line)
+
+
+def preloaded_modules() -> list[str]:
+    """The modules the workers import before forking: the provider (not its emulator) and S3's stack."""
+    import airflow_provider_apicore
+
+    names = list(PRELOADED)
+    for module in pkgutil.walk_packages(airflow_provider_apicore.__path__, "airflow_provider_apicore."):
+        if module.name.split(".")[1] not in ("emulator", "schemas"):
+            names.append(module.name)
+    return names
+
+
+def install_celery_config(stack: AirflowStack) -> None:
+    """
+    Write :data:`CELERY_CONFIG_MODULE` where every service imports it from, and point Airflow at it.
+
+    The scheduler, api-server and dag-processor find it on the ``PYTHONPATH`` given here; a worker or
+    triggerer's ``PYTHONPATH`` is its node directory (``AirflowStack.node_dirs``), so a copy goes there.
+    """
+    source = CELERY_CONFIG_SOURCE.format(imports=preloaded_modules())
+    shared = stack.root / "pythonpath"
+    nodes = [f"worker-{n}" for n in range(1, stack.workers + 1)]
+    nodes += [f"triggerer-{n}" for n in range(1, stack.triggerers + 1)]
+    for directory in [shared] + [stack.node_dirs(name)["base"] for name in nodes]:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{CELERY_CONFIG_MODULE}.py").write_text(source)
+    stack.extra_env["PYTHONPATH"] = str(shared)
+    stack.extra_env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = f"{CELERY_CONFIG_MODULE}.CELERY_CONFIG"
 
 
 def distributed_unavailable_reason() -> str | None:
@@ -126,6 +174,7 @@ def dstack() -> Iterator[AirflowStack]:
         on_phase=record_phase,
         buckets=(BUCKET,),
     )
+    install_celery_config(stack)
     try:
         stack.start()
     except Exception:
