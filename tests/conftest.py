@@ -96,3 +96,57 @@ def airflow_home() -> Path:
     home = _SESSION_HOME / "dags-test"
     migrate(home)
     return home
+
+
+#: What makes a test slow: an ``airflow dags test`` subprocess (the ``airflow_home`` fixture), the
+#: ``e2e`` marker, or a test module under tests/e2e.
+SLOW_FIXTURES = ("airflow_home",)
+SHARED_SCOPES = ("module", "class", "package")
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    return (
+        any(name in getattr(item, "fixturenames", ()) for name in SLOW_FIXTURES)
+        or item.get_closest_marker("e2e") is not None
+        or item.nodeid.startswith("tests/e2e/")
+    )
+
+
+def _shares_a_dag_run(item: pytest.Item) -> bool:
+    """Whether a test uses a module-, class- or package-scoped fixture that runs Airflow."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+
+    def slow(name: str, seen: set[str]) -> bool:
+        defs = info.name2fixturedefs.get(name)
+        if name in SLOW_FIXTURES:
+            return True
+        if not defs or name in seen:
+            return False
+        seen.add(name)
+        return any(slow(arg, seen) for arg in defs[-1].argnames)
+
+    return any(
+        (defs := info.name2fixturedefs.get(name)) and defs[-1].scope in SHARED_SCOPES and slow(name, set())
+        for name in info.names_closure
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """
+    Slow tests first, for pytest-xdist (``scripts/run_tests.py`` hands tests out one at a time).
+
+    First the tests sharing a module-scoped DAG run (the longest: its first test in each worker runs
+    it), then the other modules with slow tests, each in its own order, then the rest. So the
+    `airflow dags test` runs are handed out first and the quick unit tests fill the end: no worker
+    runs the last slow ones alone while the others are idle.
+    """
+    slow = {item.module.__name__ for item in items if getattr(item, "module", None) and _is_slow(item)}
+
+    def rank(item: pytest.Item) -> int:
+        if _shares_a_dag_run(item):
+            return 0
+        return 1 if getattr(item, "module", None) and item.module.__name__ in slow else 2
+
+    items.sort(key=rank)
