@@ -36,15 +36,10 @@ SAMPLE_IMAGES = REPO / "dags" / "sample_images"
 #: up to [workers] min_heartbeat_interval (5 s) late.
 EMULATOR_ARGS = ["--job-seconds", "10", "--concurrency", "6", "--queue-size", "50", "--log-level", "warning"]
 FANOUT_IMAGES = ["forest_path.jpg", "ocean-waves.png", "red_balloon.png"]
-#: scripts/run_tests.py runs the SQLite and the PostgreSQL stacks at the same time, beside the soak
-#: and the wheel check: an Execution API answer can then take longer than the default 5 s, and a task
-#: whose call times out fails (httpx.ReadTimeout), as on the distributed stack.
-BUSY_MACHINE_ENV = {"AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60"}
 STACK_ENV = {
     # Read by dags/apicore_describe_wait_styles.py when it is parsed.
     "APICORE_EXAMPLE_POLL_INTERVAL": "1",
     "APICORE_EXAMPLE_TIMEOUT": "300",
-    **BUSY_MACHINE_ENV,
 }
 
 _phases: list[Phase] = []

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from scripts.airflow_stack import AirflowStack
-from tests.integration.conftest import BUSY_MACHINE_ENV, SAMPLE_IMAGES, record_phase
+from tests.integration.conftest import SAMPLE_IMAGES, record_phase
 from tests.integration.rest import assert_succeeded, trigger_and_watch, wait_for_dag
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,6 @@ def asset_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Airf
             # Asset-triggered runs are created by the scheduler's job scheduling.
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
             "APICORE_TRAINING_MANIFEST": str(manifest),
-            **BUSY_MACHINE_ENV,
         },
         on_phase=record_phase,
     )

@@ -78,9 +78,7 @@ def browser(system_deps: str) -> Iterator[Any]:
 def page(browser: Any, stack: AirflowStack) -> Iterator[Any]:
     """A logged-in page of the Airflow UI."""
     page = browser.new_page()
-    # Generous: scripts/run_tests.py runs this stack beside the PostgreSQL one and the wheel check, and
-    # on two busy cores the grid view once took over 30 s to render its task instances.
-    page.set_default_timeout(90_000)
+    page.set_default_timeout(30_000)
     try:
         login(page, stack)
         yield page
