@@ -40,34 +40,26 @@ CHILD = textwrap.dedent(
     from airflow_provider_apicore.batch import lease as lease_module
     from airflow_provider_apicore.operators.batch_describe import MJBatchDescribeOperator
 
-    ops = {"read": 0, "write": 0, "list": 0, "delete": 0, "bytes_written": 0, "bytes_read": 0}
-
-    def counted(module, name, kind, size_arg=None, result_size=False):
-        real = getattr(module, name)
-        def wrapper(*args, **kwargs):
-            ops[kind] += 1
-            if size_arg is not None:
-                ops["bytes_written"] += len(args[size_arg])
-            value = real(*args, **kwargs)
-            if result_size and value:
-                ops["bytes_read"] += len(value)
-            return value
-        setattr(module, name, wrapper)
-
-    counted(store, "_read_bytes", "read", result_size=True)
-    counted(store, "write_atomic", "write", size_arg=1)
-    counted(store, "_write_new", "write", size_arg=1)
-    counted(store, "_delete", "delete")
-    counted(store, "_list_files", "list")
-    counted(lease_module, "_read_bytes", "read", result_size=True)
-    counted(lease_module, "write_atomic", "write", size_arg=1)
-    counted(lease_module, "_delete", "delete")
+    # The manifest store counts its own operations (store.IO); the lease's files go through the same
+    # primitives, except its conditional create, counted here. On S3, every HTTP request botocore
+    # sends is counted as well.
+    creates = {"n": 0, "bytes": 0}
     real_create = lease_module.LeaseStorage.create
     def create(self, data):
-        ops["write"] += 1
-        ops["bytes_written"] += len(data)
+        creates["n"] += 1
+        creates["bytes"] += len(data)
         return real_create(self, data)
     lease_module.LeaseStorage.create = create
+    http = {"requests": 0}
+    try:
+        from aiobotocore.endpoint import AioEndpoint
+        real_send = AioEndpoint._send
+        async def send(self, request):
+            http["requests"] += 1
+            return await real_send(self, request)
+        AioEndpoint._send = send
+    except ImportError:
+        pass
 
     source, manifest, deferrable = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     op = MJBatchDescribeOperator(
@@ -104,7 +96,13 @@ CHILD = textwrap.dedent(
         pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
     print("RESULT " + json.dumps({
         "summary": summary, "cpu": cpu, "rounds": rounds,
-        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ops": ops,
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "ops": {
+            "read": store.IO["reads"], "write": store.IO["writes"] + creates["n"],
+            "list": store.IO["lists"], "delete": store.IO["deletes"],
+            "bytes_written": store.IO["bytes_written"] + creates["bytes"],
+            "bytes_read": store.IO["bytes_read"], "http_requests": http["requests"],
+        },
     }))
     """
 )
