@@ -597,6 +597,7 @@ def _write_stream(path: ObjectStoragePath, chunks: Iterable[bytes]) -> int:
         if discard is not None:
             with contextlib.suppress(Exception):
                 discard()
+                fh.closed = True  # aborted: closing would try to finish the upload
         raise
     fh.close()
     IO["bytes_written"] += size
@@ -778,7 +779,9 @@ class Manifest:
         self._rev = 0
         self._unjournaled: dict[str, ManifestRecord] = {}
         #: the files that hold stored lines, by number: 0 is the snapshot, then journal files in order
-        self._files: dict[int, str] = {}  # "" is the snapshot; a journal file by its name (no path object)
+        # b"" is the snapshot, a journal file is its name; kept as bytes, because pathlib interns the
+        # strings it is given, and the interpreter's table of interned strings never shrinks
+        self._files: dict[int, bytes] = {}
         self._next_file = 1
         self._reader = _LineReader()
         self._dirty = False
@@ -820,7 +823,7 @@ class Manifest:
             if lines is None:
                 continue
             manifest.found = True
-            manifest._files[number] = name
+            manifest._files[number] = name.encode()
             size = 0
             for offset, line, record in _parse_stream(lines, str(source)):
                 size = offset + len(line)
@@ -929,7 +932,7 @@ class Manifest:
         _write_new(self.journal_dir / name, data)
         number = self._next_file
         self._next_file += 1
-        self._files[number] = name
+        self._files[number] = name.encode()
         self.writes += 1
         self.bytes_written += len(data)
         self._journal_bytes += len(data)
@@ -1006,16 +1009,18 @@ class Manifest:
         self._dirty = False
         self._last_flush = time.monotonic()
         folded = [self._files.pop(number) for number in journal]
-        self._files[0] = ""
-        self.writes += _delete_names(self.journal_dir, folded)
+        self._files[0] = b""
+        self.writes += _delete_names(self.journal_dir, [name.decode() for name in folded])
         if folded and _is_local(self.journal_dir):
             # Fails when not empty (another file appeared) or already gone: both fine.
             with contextlib.suppress(OSError):
                 os.rmdir(self.journal_dir.path)
         return True
 
-    def _path_of(self, name: str) -> ObjectStoragePath:
-        """The snapshot (``""``) or a journal file by name, made when needed (not kept per file)."""
+    def _path_of(self, name: bytes | str) -> ObjectStoragePath:
+        """The snapshot (empty) or a journal file by name, made when needed (not kept per file)."""
+        if isinstance(name, bytes):
+            name = name.decode()
         return self.journal_dir / name if name else self.path
 
     def close(self) -> None:

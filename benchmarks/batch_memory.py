@@ -136,7 +136,23 @@ def _write_images(directory: Path, count: int) -> None:
         (sub / f"img_{i:06d}.png").write_bytes(_png(i))
 
 
-def measure(count: int, deferrable: bool, scratch: Path) -> dict:
+def _moto() -> tuple[object, str]:
+    """moto's S3 server on loopback, with a ``bench`` bucket: (server, endpoint URL)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+    return server, endpoint
+
+
+def measure(count: int, deferrable: bool, scratch: Path, s3: bool = False) -> dict:
     from airflow_provider_apicore.emulator import EmulatorConfig, EmulatorServer
 
     server = EmulatorServer(
@@ -150,6 +166,7 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
     )
     server.start()
     source, manifest = scratch / f"images-{count}", scratch / f"manifest-{count}-{int(deferrable)}.jsonl"
+    moto = None
     try:
         if not source.exists():
             _write_images(source, count)
@@ -160,9 +177,16 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
         env["AIRFLOW_HOME"] = str(scratch / "airflow-home")
         env["PYTHONPATH"] = str(REPO)
         env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+        target = str(manifest)
+        if s3:
+            moto, endpoint = _moto()
+            env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
+                {"conn_type": "aws", "login": "x", "password": "y", "extra": {"endpoint_url": endpoint}}
+            )
+            target = f"s3://bench/manifest-{count}-{int(deferrable)}.jsonl"
         wall = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, str(source), str(manifest), "1" if deferrable else "0"],
+            [sys.executable, "-c", CHILD, str(source), target, "1" if deferrable else "0"],
             env=env,
             cwd=REPO,
             capture_output=True,
@@ -172,6 +196,8 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
         wall = time.monotonic() - wall
     finally:
         server.stop()
+        if moto is not None:
+            moto.stop()
     if proc.returncode != 0:
         raise SystemExit(f"the batch over {count} images failed:\n{proc.stderr[-3000:]}")
     if os.environ.get("BM_PROFILE"):
@@ -182,12 +208,14 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
     return {
         "images": count,
         "deferrable": deferrable,
+        "store": "S3 (moto)" if s3 else "local",
         "succeeded": result["summary"]["succeeded"],
         "peak_rss_mib": result["peak_rss_kib"] / 1024,
         "cpu_ms_per_image": result["cpu"] * 1000 / count,
         "manifest_bytes_written_per_image": ops["bytes_written"] / count,
         "manifest_bytes_read_per_image": ops["bytes_read"] / count,
         "storage_ops_per_image": storage_ops / count,
+        "http_requests_per_image": ops.get("http_requests", 0) / count,
         "ops": ops,
         "rounds": result["rounds"],
         "wall_s": wall,
@@ -196,16 +224,19 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| N | mode | succeeded | peak RSS (MiB) | CPU ms/image | manifest bytes written/image | "
-        "bytes read/image | storage ops/image | deferral rounds | wall s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | mode | manifest on | succeeded | peak RSS (MiB) | CPU ms/image | "
+        "manifest bytes written/image | bytes read/image | storage ops/image | S3 requests/image | "
+        "deferral rounds | wall s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['images']:,} | {'deferrable' if r['deferrable'] else 'polling'} | {r['succeeded']:,} | "
+            f"| {r['images']:,} | {'deferrable' if r['deferrable'] else 'polling'} | {r['store']} | "
+            f"{r['succeeded']:,} | "
             f"{r['peak_rss_mib']:.0f} | {r['cpu_ms_per_image']:.2f} | "
             f"{r['manifest_bytes_written_per_image']:.0f} | "
-            f"{r['manifest_bytes_read_per_image']:.0f} | {r['storage_ops_per_image']:.2f} | {r['rounds']} | "
+            f"{r['manifest_bytes_read_per_image']:.0f} | {r['storage_ops_per_image']:.2f} | "
+            f"{r['http_requests_per_image']:.2f} | {r['rounds']} | "
             f"{r['wall_s']:.0f} |"
         )
     return "\n".join(lines)
@@ -215,6 +246,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated numbers of images")
     parser.add_argument("--deferrable", action="store_true", help="also measure the deferrable batch")
+    parser.add_argument("--s3", action="store_true", help="also with the manifest on S3 (moto's server)")
+    parser.add_argument("--only-s3", action="store_true", help="only with the manifest on S3")
     parser.add_argument("--scratch", default=None, help="where images and manifests go (a temp dir)")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "batch_memory_results.md"))
     args = parser.parse_args()
@@ -222,10 +255,12 @@ def main() -> None:
     rows = []
     try:
         for count in [int(n) for n in args.sizes.split(",") if n.strip()]:
-            for deferrable in (False, True) if args.deferrable else (False,):
-                row = measure(count, deferrable, scratch)
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
+            stores = (True,) if args.only_s3 else (False, True) if args.s3 else (False,)
+            for s3 in stores:
+                for deferrable in (False, True) if args.deferrable else (False,):
+                    row = measure(count, deferrable, scratch, s3)
+                    rows.append(row)
+                    print(table([row]).splitlines()[-1], flush=True)
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -234,9 +269,11 @@ def main() -> None:
     Path(args.output).write_text(
         "# MJBatchDescribeOperator cost against N\n\n"
         f"`python benchmarks/batch_memory.py --sizes {args.sizes}"
-        f"{' --deferrable' if args.deferrable else ''}` "
-        f"on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Local manifest; "
-        "2x2 PNGs; emulator jobs of 10 ms on loopback; max_in_flight=200.\n\n" + text + "\n"
+        f"{' --deferrable' if args.deferrable else ''}{' --s3' if args.s3 else ''}"
+        f"{' --only-s3' if args.only_s3 else ''}` "
+        f"on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Images local; "
+        "2x2 PNGs; emulator jobs of 10 ms on loopback; max_in_flight=200. S3 requests are the HTTP requests "
+        "botocore sent (manifest, journal and lease).\n\n" + text + "\n"
     )
 
 

@@ -30,6 +30,7 @@ from airflow_provider_apicore.manifest import (
 )
 from airflow_provider_apicore.models import MJTask
 from airflow_provider_apicore.results import describe_result
+from tests.batch.test_lease import s3_manifest  # noqa: F401 - the fixture
 
 KEYCAP = "\ufe0f\u20e3"
 PROMPT = "\n\n".join(
@@ -359,3 +360,29 @@ def test_a_manifest_changed_under_its_writer_is_an_error_naming_it(tmp_path, mon
         m.get("/img/0.png").prompts  # noqa: B018 - reading it back is the point
     assert str(path) in str(err.value) and "/img/0.png" in str(err.value)
     assert "One writer per manifest" in str(err.value)
+
+
+def test_on_s3_the_snapshot_is_a_multipart_upload_readers_see_whole_or_not_at_all(s3_manifest, monkeypatch):  # noqa: F811
+    # Parts of 5 MiB (S3's smallest): a snapshot of ~6 MB is uploaded in two parts, never held whole.
+    monkeypatch.setattr(manifest_module, "STREAM_BLOCK", 5 * 1024 * 1024)
+    m = Manifest(s3_manifest, freeze_finished=True)
+    padding = "x" * 400
+    for i in range(14_000):
+        m.touch(m.add(f"s3://leases/img/{i:05d}.png"), status=SUCCESS, prompts=[padding], task_id=str(i))
+        if i % 2000 == 1999:
+            m.commit()
+    m.commit()
+    assert m.flush(force=True)
+    first = s3_manifest.read_bytes()
+    assert len(first) > 6_000_000
+    assert {r.image: r.to_dict() for r in read_manifest(s3_manifest)} == {r.image: r.to_dict() for r in m}
+    # A rewrite that fails half-way (a stored line moved under the writer) is aborted: the old
+    # snapshot stays, whole.
+    m.touch(m.add("s3://leases/img/new.png"), status=SUCCESS, task_id="new")
+    m.commit()
+    victim = m.get("s3://leases/img/13999.png")
+    victim._offset += 1
+    with pytest.raises(ManifestChangedError):
+        m.flush(force=True)
+    assert s3_manifest.read_bytes() == first
+    assert m.get("s3://leases/img/00007.png").prompts == [padding]  # read back by a ranged GET
