@@ -482,7 +482,10 @@ def test_list_images_reads_only_the_header_of_each_file(
             sizes.append(size)
             return self.fh.read(size)
 
-    monkeypatch.setattr(images_module, "open", lambda path, mode="r": Spy(open(path, mode)), raising=False)
+    def spy_open(path, mode="r"):
+        return Spy(open(path, mode))  # Spy closes it
+
+    monkeypatch.setattr(images_module, "open", spy_open, raising=False)
     monkeypatch.setattr(LocalFileOpener, "read", lambda self, size=-1: sizes.append(size) or b"")
     list_images(image_tree)
     assert len(sizes) >= 8  # every candidate file's header was read (one read each)

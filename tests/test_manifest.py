@@ -366,11 +366,11 @@ def test_on_s3_the_snapshot_is_a_multipart_upload_readers_see_whole_or_not_at_al
     # Parts of 5 MiB (S3's smallest): a snapshot of ~6 MB is uploaded in two parts, never held whole.
     monkeypatch.setattr(manifest_module, "STREAM_BLOCK", 5 * 1024 * 1024)
     m = Manifest(s3_manifest, freeze_finished=True)
-    padding = "x" * 400
-    for i in range(14_000):
+    padding = "x" * 4000
+    for i in range(1_600):
         m.touch(m.add(f"s3://leases/img/{i:05d}.png"), status=SUCCESS, prompts=[padding], task_id=str(i))
-        if i % 2000 == 1999:
-            m.commit()
+        if i % 100 == 99:
+            m.commit()  # journal files of ~400 KB
     m.commit()
     assert m.flush(force=True)
     first = s3_manifest.read_bytes()
@@ -380,7 +380,7 @@ def test_on_s3_the_snapshot_is_a_multipart_upload_readers_see_whole_or_not_at_al
     # snapshot stays, whole.
     m.touch(m.add("s3://leases/img/new.png"), status=SUCCESS, task_id="new")
     m.commit()
-    victim = m.get("s3://leases/img/13999.png")
+    victim = m.get("s3://leases/img/01599.png")
     victim._offset += 1
     with pytest.raises(ManifestChangedError):
         m.flush(force=True)
