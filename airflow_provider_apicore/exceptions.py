@@ -371,3 +371,25 @@ class ImageDownloadError(ApicoreError):
         self.rule = rule
         self.status = status
         super().__init__(f"Downloading image {safe_excerpt(self.url, 160)} failed: {rule}")
+
+
+class ManifestChangedError(ApicoreConfigError):
+    """
+    A manifest file changed under the batch that writes it: a record's line is not where it was written.
+
+    Only one writer may use a manifest at a time (the batch's lease enforces it); this means something
+    else wrote, moved or deleted the manifest's files while the batch ran.
+
+    :param path: the manifest file
+    :param image: the image whose record was read back, if known
+    :param rule: what was found
+    """
+
+    def __init__(self, path: str, image: str | None, rule: str) -> None:
+        self.path = path
+        self.image = image
+        super().__init__(
+            f"Manifest {path} changed while this batch was writing it ({rule}"
+            f"{f'; reading back the record of {image}' if image else ''}). One writer per manifest: make "
+            "sure no other task, run or tool writes it, then clear this task to resume from what is stored."
+        )

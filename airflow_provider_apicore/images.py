@@ -14,11 +14,12 @@ import errno
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
 from airflow.sdk import ObjectStoragePath
@@ -439,6 +440,8 @@ def load_image(source: ImageSource, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) ->
         return _load_data_url(source, max_bytes)  # type: ignore[arg-type]
     if isinstance(source, str) and not source.strip():
         raise InvalidImageError(repr(source), "the path is empty")
+    if isinstance(source, str) and "://" not in source and os.path.isabs(source):
+        return _load_local(source, max_bytes)
     path = _to_storage_path(source)
     where = str(path)
     name = path.name or where
@@ -455,6 +458,29 @@ def load_image(source: ImageSource, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) ->
         if size is not None and size > max_bytes:
             raise InvalidImageError(where, _too_large_rule(size, max_bytes))
         with fs.open(path.path, "rb") as fh:
+            header = fh.read(HEADER_BYTES)
+            mime = validate_image_header(header, where, name)
+            # One byte past the limit tells a file that grew since the size check.
+            data = header + fh.read(max_bytes + 1 - len(header))
+    if len(data) > max_bytes:
+        raise InvalidImageError(where, _too_large_rule(len(data), max_bytes))
+    return ImageData.of(name, where, mime, data)
+
+
+def _load_local(where: str, max_bytes: int) -> ImageData:
+    """:func:`load_image` of an absolute local path, without a path object (a batch reads 100,000)."""
+    name = os.path.basename(where) or where
+    with _io_errors(where):
+        st = os.stat(where)
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidImageError(where, _DIRECTORY_RULE)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidImageError(where, _NOT_REGULAR_RULE)
+        if st.st_size == 0:
+            raise InvalidImageError(where, "the file is empty (0 bytes)")
+        if st.st_size > max_bytes:
+            raise InvalidImageError(where, _too_large_rule(st.st_size, max_bytes))
+        with open(where, "rb") as fh:
             header = fh.read(HEADER_BYTES)
             mime = validate_image_header(header, where, name)
             # One byte past the limit tells a file that grew since the size check.
@@ -554,17 +580,26 @@ def file_mtime(info: dict) -> float | None:
 
 def _skip_reason(
     fs: AbstractFileSystem,
-    path: ObjectStoragePath,
+    path: str,
+    fs_path: str,
+    name: str,
+    info: dict | None,
     max_bytes: int | None,
     unchanged: UnchangedCheck | None = None,
+    local: bool = False,
 ) -> tuple[str | None, int | None, float | None]:
     """
     Why a listed file cannot be described (a key of _SKIP_REASONS) or None, with its size and mtime.
 
     A file ``unchanged`` says was already finished as it is is not opened.
+
+    :param path: the file's full path as the caller names it (what ``unchanged`` is asked about)
+    :param fs_path: the same file as ``fs`` names it
+    :param info: what the listing already said about the file (type, size, mtime), or None to ask
     """
     try:
-        info = fs.info(path.path)
+        if info is None:
+            info = fs.info(fs_path)
         if info.get("type") == "other":
             return "not_regular", None, None
         size = info.get("size")
@@ -573,19 +608,50 @@ def _skip_reason(
             return "empty", size, mtime
         if max_bytes is not None and size is not None and size > max_bytes:
             return "too_large", size, mtime
-        if (
-            unchanged is not None
-            and size is not None
-            and mtime is not None
-            and unchanged(str(path), size, mtime)
-        ):
+        if unchanged is not None and size is not None and mtime is not None and unchanged(path, size, mtime):
             return None, size, mtime
-        with fs.open(path.path, "rb") as fh:
-            header = fh.read(HEADER_BYTES)
+        if local:
+            with open(fs_path, "rb") as fh:
+                header = fh.read(HEADER_BYTES)
+        else:
+            with fs.open(fs_path, "rb") as fh:
+                header = fh.read(HEADER_BYTES)
     except OSError:
         return "unreadable", None, None
-    problem, _ = _classify_header(header, path.name)
+    problem, _ = _classify_header(header, name)
     return (problem[0] if problem else None), size, mtime
+
+
+def _local_entries(directory: str) -> Iterator[tuple[str, bool, dict | None]]:
+    """(name, is_dir, info) of a local directory's entries: one ``scandir`` and a stat per entry."""
+    with os.scandir(directory) as it:
+        for entry in it:
+            try:
+                st = entry.stat()  # follows symlinks, as fs.info does for a link's target
+            except OSError:
+                yield entry.name, False, None  # a broken link or a loop: unreadable
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                yield entry.name, True, None
+            else:
+                kind = "file" if stat.S_ISREG(st.st_mode) else "other"
+                yield entry.name, False, {"type": kind, "size": st.st_size, "mtime": st.st_mtime}
+
+
+def _remote_entries(fs: AbstractFileSystem, directory: str) -> Iterator[tuple[str, bool, dict | None]]:
+    """(name, is_dir, info) of an object store prefix: one listing request, no request per object."""
+    for info in fs.ls(directory, detail=True):
+        name = str(info.get("name", "")).rstrip("/").rsplit("/", 1)[-1]
+        if name:
+            yield name, info.get("type") == "directory", info
+
+
+def _local_directory_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _directory_key(path: ObjectStoragePath) -> tuple[int, int] | None:
@@ -660,36 +726,72 @@ def scan_images(
     _check_max_bytes(max_bytes)
     if isinstance(source, (list, tuple)):
         return [ListedImage(_existing_file(item)) for item in source]
+    found = scan_image_files(source, pattern, recursive, max_bytes, unchanged)
+    root = _to_storage_path(source)
+    prefix = str(root).rstrip("/") + "/"
+    return [
+        ListedImage(root / path[len(prefix) :] if path.startswith(prefix) else root, size, mtime)
+        for path, size, mtime in found
+    ]
+
+
+class ListedFile(NamedTuple):
+    """One image :func:`scan_image_files` found: its path as a string, size and modification time."""
+
+    path: str
+    size: int | None
+    mtime: float | None
+
+
+def scan_image_files(
+    source: ImageSource,
+    pattern: str = "*",
+    recursive: bool = True,
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    unchanged: UnchangedCheck | None = None,
+) -> list[ListedFile]:
+    """
+    :func:`scan_images` of one directory as plain tuples, sorted by path.
+
+    Each path is a string equal to ``str()`` of the file's :class:`~airflow.sdk.ObjectStoragePath`, so
+    listing 100,000 files creates no path object per file. A directory is read with one listing (one
+    ``scandir`` locally; one list request on object stores): no request per file beyond the header
+    read of files that ``unchanged`` does not vouch for.
+    """
+    _check_max_bytes(max_bytes)
     if _is_data_url(source):
         raise InvalidImageError(DATA_URL_SOURCE, "list_images takes paths; pass data URLs to load_image")
-    root = _to_storage_path(source)  # type: ignore[arg-type]
+    root = _to_storage_path(source)
     where = str(root)
     with _io_errors(where):
         if not root.exists():
             raise InvalidImageError(where, "directory does not exist")
         if not root.is_dir():
-            return [ListedImage(root)]
+            return [ListedFile(where, None, None)]
         fs = _filesystem(root)
-        found: list[ListedImage] = []
+        local = root.protocol in ("", "file", "local")
+        found: list[ListedFile] = []
         skipped: dict[str, list[str]] = {}
         looked_at = 0
         seen_dirs: set[tuple[int, int]] = set()
         root_key = _directory_key(root)
         if root_key is not None:
             seen_dirs.add(root_key)
-        pending: list[tuple[ObjectStoragePath, str]] = [(root, "")]
+        # (the directory as the filesystem names it, as the caller names it, its relative prefix)
+        pending: list[tuple[str, str, str]] = [(root.path.rstrip("/"), where.rstrip("/"), "")]
         while pending:
-            directory, prefix = pending.pop()
-            for child in directory.iterdir():
-                name = child.name
+            fs_dir, named_dir, prefix = pending.pop()
+            entries = _local_entries(fs_dir) if local else _remote_entries(fs, fs_dir)
+            for name, is_dir, info in entries:
                 rel = prefix + name
-                if child.is_dir():
+                fs_path = f"{fs_dir}/{name}"
+                if is_dir:
                     if name.startswith("."):
                         if recursive:
                             looked_at += 1
                             skipped.setdefault("hidden", []).append(rel + "/")
                     elif recursive:
-                        key = _directory_key(child)
+                        key = _local_directory_key(fs_path) if local else None
                         if key is not None and key in seen_dirs:
                             log.info(
                                 "Not entering %s again: a symlink leads back to a directory already listed",
@@ -698,19 +800,24 @@ def scan_images(
                             continue
                         if key is not None:
                             seen_dirs.add(key)
-                        pending.append((child, rel + "/"))
+                        pending.append((fs_path, f"{named_dir}/{name}", rel + "/"))
                     continue
                 if not _matches(pattern, rel, name):
                     continue
                 looked_at += 1
+                path = f"{named_dir}/{name}"
                 if name.startswith("."):
                     reason, size, mtime = "hidden", None, None
+                elif local and info is None:
+                    reason, size, mtime = "unreadable", None, None
                 else:
-                    reason, size, mtime = _skip_reason(fs, child, max_bytes, unchanged)
+                    reason, size, mtime = _skip_reason(
+                        fs, path, fs_path, name, info, max_bytes, unchanged, local
+                    )
                 if reason:
                     skipped.setdefault(reason, []).append(rel)
                 else:
-                    found.append(ListedImage(child, size, mtime))
+                    found.append(ListedFile(path, size, mtime))
     for names in skipped.values():
         names.sort()
     n_skipped = sum(len(v) for v in skipped.values())
@@ -724,4 +831,5 @@ def scan_images(
     if skipped:
         message += f"; skipped {n_skipped} {'file' if n_skipped == 1 else 'files'}: {_skip_summary(skipped)}"
     log.info(message)
-    return sorted(found, key=lambda item: str(item.path))
+    found.sort()
+    return found

@@ -44,15 +44,14 @@ import logging
 import os
 import time
 import uuid
-import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_apicore.exceptions import ApicoreConfigError, TaskFailedError
+from airflow_provider_apicore.exceptions import ApicoreConfigError, ManifestChangedError, TaskFailedError
 from airflow_provider_apicore.models import MJTask, TaskStatus
 from airflow_provider_apicore.prompts import split_prompt_parameters
 from airflow_provider_apicore.results import describe_result
@@ -201,6 +200,8 @@ class ManifestRecord:
 
     def copy_outcome(self, other: ManifestRecord) -> None:
         """Take over another record's task and result (an image with the same bytes)."""
+        if isinstance(other, StoredRecord):
+            other = other.thaw()  # one read back, not one per field
         for name in (
             "status",
             "task_id",
@@ -223,17 +224,35 @@ _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ManifestRecord))
 _FIELD_SET = frozenset(_FIELD_NAMES)
 
 
-class FrozenRecord:
+class StoredRecord:
     """
-    A finished record kept small in memory: its line, compressed, plus the few fields the batch looks
-    at for every image (status, SHA-256, size, modification time, task id, attempts, revision). Any
-    other field is read from the line when asked for. :meth:`Manifest.touch` replaces it with a full
-    :class:`ManifestRecord` before changing it.
+    A record whose newest line is in storage, not in memory.
+
+    It keeps the few fields the batch looks at for every image (status, SHA-256, size, modification
+    time, task id, attempts, revision) and where its line is (which manifest file, at what byte offset,
+    how long). Any other field is read back from that line when asked for (:meth:`thaw`), so a finished
+    image costs about 300 bytes of memory whatever its prompts weigh. :meth:`Manifest.touch` replaces it
+    with a full :class:`ManifestRecord` before changing it.
     """
 
-    __slots__ = ("_line", "attempts", "image", "mtime", "rev", "sha256", "size", "status", "task_id")
+    __slots__ = (
+        "_file",
+        "_length",
+        "_manifest",
+        "_offset",
+        "attempts",
+        "image",
+        "mtime",
+        "rev",
+        "sha256",
+        "size",
+        "status",
+        "task_id",
+    )
 
-    def __init__(self, record: ManifestRecord) -> None:
+    def __init__(
+        self, record: ManifestRecord, manifest: Manifest, file: int, offset: int, length: int
+    ) -> None:
         self.image = record.image
         self.status = record.status
         self.sha256 = record.sha256
@@ -242,11 +261,14 @@ class FrozenRecord:
         self.task_id = record.task_id
         self.attempts = record.attempts
         self.rev = record.rev
-        self._line = zlib.compress(json.dumps(record.to_dict(), ensure_ascii=False).encode("utf-8"), 1)
+        self._manifest = manifest
+        self._file = file
+        self._offset = offset
+        self._length = length
 
     def thaw(self) -> ManifestRecord:
-        """The full record."""
-        return ManifestRecord.from_dict(json.loads(zlib.decompress(self._line)))
+        """The full record, read back from its line in storage."""
+        return self._manifest._read_record(self)
 
     def __getattr__(self, name: str) -> Any:
         if name in _FIELD_SET:
@@ -263,6 +285,10 @@ class FrozenRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return self.thaw().to_dict()
+
+
+#: The name this class had when finished records were kept compressed in memory.
+FrozenRecord = StoredRecord
 
 
 def normalised(record: ManifestRecord | dict[str, Any]) -> dict[str, Any]:
@@ -355,13 +381,17 @@ def _fs(path: ObjectStoragePath) -> AbstractFileSystem:
 
 
 def _read_bytes(path: ObjectStoragePath) -> bytes | None:
+    IO["reads"] += 1
     try:
         if _is_local(path):
             with open(path.path, "rb") as fh:
-                return fh.read()
-        return _fs(path).cat_file(path.path)
+                data = fh.read()
+        else:
+            data = _fs(path).cat_file(path.path)
     except FileNotFoundError:
         return None
+    IO["bytes_read"] += len(data)
+    return data
 
 
 def write_atomic(path: ObjectStoragePath, data: bytes) -> None:
@@ -371,6 +401,8 @@ def write_atomic(path: ObjectStoragePath, data: bytes) -> None:
     Local: a temporary file in the same directory, fsync'ed, renamed over the target, directory
     fsync'ed. Object stores: one PUT, which is atomic per object.
     """
+    IO["writes"] += 1
+    IO["bytes_written"] += len(data)
     if _is_local(path):
         directory = os.path.dirname(path.path) or "."
         os.makedirs(directory, exist_ok=True)
@@ -403,6 +435,8 @@ def _pipe(path: ObjectStoragePath, data: bytes) -> None:
 
 def _write_new(path: ObjectStoragePath, data: bytes) -> None:
     """Create a small new file durably (journal entries are never rewritten)."""
+    IO["writes"] += 1
+    IO["bytes_written"] += len(data)
     if _is_local(path):
         os.makedirs(os.path.dirname(path.path), exist_ok=True)
         with open(path.path, "xb") as fh:
@@ -426,19 +460,46 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _list_files(directory: ObjectStoragePath) -> list[ObjectStoragePath]:
+def _list_names(directory: ObjectStoragePath) -> list[str]:
+    """The sorted names of the files in a directory (no path object per file); [] when it is missing."""
+    IO["lists"] += 1
     try:
         if _is_local(directory):
-            names = sorted(os.listdir(directory.path))
-            return [directory / name for name in names]
-        fs = _fs(directory)
-        entries = sorted(fs.ls(directory.path, detail=False))
+            return sorted(os.listdir(directory.path))
+        entries = _fs(directory).ls(directory.path, detail=False)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [directory / os.path.basename(str(entry).rstrip("/")) for entry in entries]
+    return sorted(os.path.basename(str(entry).rstrip("/")) for entry in entries)
+
+
+def _delete_names(directory: ObjectStoragePath, names: list[str]) -> int:
+    """Delete files of one directory: one by one locally, in batches of up to 1,000 on object stores."""
+    if not names:
+        return 0
+    if _is_local(directory):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory.path, name))
+        IO["deletes"] += len(names)
+        return len(names)
+    fs = _fs(directory)
+    base = directory.path.rstrip("/")
+    requests = 0
+    for start in range(0, len(names), 1000):
+        batch = [f"{base}/{name}" for name in names[start : start + 1000]]
+        try:
+            fs.rm(batch)
+        except FileNotFoundError:
+            for name in batch:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(name)
+        requests += 1
+    IO["deletes"] += requests
+    return requests
 
 
 def _delete(path: ObjectStoragePath) -> None:
+    IO["deletes"] += 1
     try:
         if _is_local(path):
             os.unlink(path.path)
@@ -448,26 +509,198 @@ def _delete(path: ObjectStoragePath) -> None:
         pass
 
 
-def _delete_many(paths: list[ObjectStoragePath]) -> int:
-    """Delete files: one by one locally, in batches of up to 1,000 on object stores; return requests."""
-    if not paths:
-        return 0
-    if _is_local(paths[0]):
-        for path in paths:
-            _delete(path)
-        return len(paths)
-    fs = _fs(paths[0])
-    requests = 0
-    for start in range(0, len(paths), 1000):
-        batch = [p.path for p in paths[start : start + 1000]]
+#: Storage operations of this process's manifests and leases (opened for reading, bytes read, writes,
+#: bytes written, delete requests, listings): what the benchmarks report per image.
+IO: Counter[str] = Counter()
+#: Block size of object-store reads and of the parts of a streamed snapshot upload (S3's smallest
+#: multipart part is 5 MiB).
+STREAM_BLOCK = 8 * 1024 * 1024
+#: Block size of reading single stored records back from an object store (a small LRU of blocks).
+RECORD_BLOCK = 256 * 1024
+
+
+def _open_read(path: ObjectStoragePath, sequential: bool = True) -> Any:
+    """An open binary file to read, or None when it does not exist."""
+    IO["reads"] += 1
+    try:
+        if _is_local(path):
+            return open(path.path, "rb", buffering=1 << 16)  # the caller closes it
+        return _fs(path).open(
+            path.path,
+            "rb",
+            block_size=STREAM_BLOCK if sequential else RECORD_BLOCK,
+            cache_type="readahead" if sequential else "blockcache",
+        )
+    except FileNotFoundError:
+        return None
+
+
+def _read_lines(path: ObjectStoragePath) -> Iterator[tuple[int, bytes]] | None:
+    """``(offset, line)`` of a file, streamed (a line keeps its newline); None when it does not exist."""
+    fh = _open_read(path)
+    if fh is None:
+        return None
+
+    def lines() -> Iterator[tuple[int, bytes]]:
+        offset = 0
         try:
-            fs.rm(batch)
-        except FileNotFoundError:
-            for name in batch:
-                with contextlib.suppress(FileNotFoundError):
-                    fs.rm_file(name)
-        requests += 1
-    return requests
+            for line in fh:
+                IO["bytes_read"] += len(line)
+                yield offset, line
+                offset += len(line)
+        finally:
+            fh.close()
+
+    return lines()
+
+
+def _write_stream(path: ObjectStoragePath, chunks: Iterable[bytes]) -> int:
+    """
+    Replace a file with streamed content, atomically, without holding it in memory; return its size.
+
+    Local: a temporary file in the same directory, fsync'ed and renamed over the target. Object
+    stores: one upload (a multipart upload in :data:`STREAM_BLOCK` parts when larger), which readers see
+    only once complete; on an error it is aborted, and the old object stays.
+    """
+    IO["writes"] += 1
+    size = 0
+    if _is_local(path):
+        directory = os.path.dirname(path.path) or "."
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(path.path)}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb", buffering=1 << 20) as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                    size += len(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        _fsync_dir(directory)
+        IO["bytes_written"] += size
+        return size
+    fs = _fs(path)
+    try:
+        fh = fs.open(path.path, "wb", block_size=STREAM_BLOCK)
+    except FileNotFoundError:
+        fs.makedirs(path.parent.path, exist_ok=True)
+        fh = fs.open(path.path, "wb", block_size=STREAM_BLOCK)
+    try:
+        for chunk in chunks:
+            fh.write(chunk)
+            size += len(chunk)
+    except BaseException:
+        discard = getattr(fh, "discard", None)
+        if discard is not None:
+            with contextlib.suppress(Exception):
+                discard()
+                fh.closed = True  # aborted: closing would try to finish the upload
+        raise
+    fh.close()
+    IO["bytes_written"] += size
+    return size
+
+
+def _render_line(record: ManifestRecord) -> bytes:
+    return (json.dumps(record.to_dict(), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _parse_stream(
+    lines: Iterable[tuple[int, bytes]], where: str
+) -> Iterator[tuple[int, bytes, ManifestRecord]]:
+    """
+    ``(offset, line, record)`` of streamed JSONL lines. A last line cut short (no newline) by an
+    interrupted write is skipped with a warning.
+
+    :raises ApicoreConfigError: a complete line is not a record; names the file and line
+    """
+    for number, (offset, line) in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = ManifestRecord.from_dict(json.loads(line))
+        except ValueError as err:
+            if not line.endswith(b"\n"):
+                log.warning(
+                    "Manifest %s: skipping line %d, cut short by an interrupted write (%s)",
+                    where,
+                    number,
+                    err,
+                )
+                continue
+            raise ApicoreConfigError(
+                f"Manifest {where} line {number} is not a manifest record ({err}). The file was damaged "
+                "or is not a manifest: repair or delete that line, or point manifest_path elsewhere."
+            ) from None
+        yield offset, line, record
+
+
+def _check_line(line: bytes, stored: StoredRecord, path: ObjectStoragePath) -> ManifestRecord:
+    """The record a stored line holds; raises when it is not the one the index expects there."""
+    try:
+        record = ManifestRecord.from_dict(json.loads(line))
+    except ValueError:
+        record = None
+    if record is None or record.image != stored.image or record.rev != stored.rev:
+        raise ManifestChangedError(str(path), stored.image, "its line is no longer where it was written")
+    record.image = stored.image  # the index's string, not a second copy of the path
+    return record
+
+
+class _LineReader:
+    """Reads stored lines back by offset: a few files kept open (object stores: a small block cache)."""
+
+    MAX_OPEN = 8
+
+    def __init__(self) -> None:
+        self._open: OrderedDict[str, Any] = OrderedDict()
+
+    def read(self, path: ObjectStoragePath, offset: int, length: int) -> bytes:
+        key = str(path)
+        fh = self._open.get(key)
+        if fh is None:
+            fh = _open_read(path, sequential=False)
+            if fh is None:
+                raise ManifestChangedError(key, None, "the file is gone")
+            self._open[key] = fh
+            if len(self._open) > self.MAX_OPEN:
+                self._open.popitem(last=False)[1].close()
+        else:
+            self._open.move_to_end(key)
+        fh.seek(offset)
+        data = fh.read(length)
+        IO["bytes_read"] += len(data)
+        return data
+
+    def read_many(
+        self, path: ObjectStoragePath, records: list[StoredRecord]
+    ) -> Iterator[tuple[StoredRecord, bytes]]:
+        """The lines of ``records`` (all in ``path``), read in file order in one pass."""
+        records.sort(key=lambda r: r._offset)
+        fh = _open_read(path)
+        if fh is None:
+            raise ManifestChangedError(str(path), records[0].image if records else None, "the file is gone")
+        try:
+            position = 0
+            for record in records:
+                if record._offset != position:
+                    fh.seek(record._offset)
+                line = fh.read(record._length)
+                position = record._offset + len(line)
+                IO["bytes_read"] += len(line)
+                prefix = b'{"image": ' + json.dumps(record.image, ensure_ascii=False).encode("utf-8")
+                if not (line.startswith(prefix) and line.endswith(b"\n")):
+                    _check_line(line, record, path)
+                yield record, line
+        finally:
+            fh.close()
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
 
 
 def parse_lines(data: bytes, where: str) -> Iterator[ManifestRecord]:
@@ -500,7 +733,7 @@ def parse_lines(data: bytes, where: str) -> Iterator[ManifestRecord]:
 
 
 def render_lines(records: Iterable[ManifestRecord]) -> bytes:
-    return "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    return b"".join(_render_line(r) for r in records)
 
 
 def read_manifest(path: str | os.PathLike | ObjectStoragePath) -> list[ManifestRecord]:
@@ -520,10 +753,16 @@ def write_manifest(path: str | os.PathLike | ObjectStoragePath, records: Iterabl
 # ------------------------------------------------------------------------------------ manifest
 class Manifest:
     """
-    A manifest being written: records in memory, a journal for urgent changes, periodic snapshots.
+    A manifest being written: a journal for urgent changes, periodic snapshots, and an index in memory.
+
+    With ``freeze_finished`` (what the batch uses), only the records of images in flight stay whole in
+    memory. A finished or pending image is a :class:`StoredRecord`: a few fields and the place of its
+    newest line in storage. Snapshots are streamed from those places, never built in memory, so the
+    memory a manifest needs grows by a few hundred bytes per image however large its records are.
 
     :param path: where the manifest lives (any ObjectStoragePath, local path or URL)
     :param flush_interval: seconds between two snapshot rewrites (:meth:`flush`)
+    :param freeze_finished: keep finished and pending records in storage only (:class:`StoredRecord`)
     """
 
     def __init__(
@@ -533,17 +772,21 @@ class Manifest:
         freeze_finished: bool = False,
     ) -> None:
         self.path = to_storage_path(path)
-        #: keep finished records as :class:`FrozenRecord` (compressed) once written to the journal
         self.freeze_finished = freeze_finished
         self.journal_dir = self.path.parent / (self.path.name + JOURNAL_SUFFIX)
         self.flush_interval = flush_interval
-        self.records: dict[str, ManifestRecord | FrozenRecord] = {}
+        self.records: dict[str, ManifestRecord | StoredRecord] = {}
         self._rev = 0
         self._unjournaled: dict[str, ManifestRecord] = {}
-        self._journal_files: list[ObjectStoragePath] = []
+        #: the files that hold stored lines, by number: 0 is the snapshot, then journal files in order
+        # b"" is the snapshot, a journal file is its name; kept as bytes, because pathlib interns the
+        # strings it is given, and the interpreter's table of interned strings never shrinks
+        self._files: dict[int, bytes] = {}
+        self._next_file = 1
+        self._reader = _LineReader()
         self._dirty = False
         self._last_flush = time.monotonic()
-        #: images per status, and the status each image is counted under (see :meth:`counts`)
+        #: images per status, and the status each record held whole in memory is counted under
         self._counts: Counter[str] = Counter()
         self._counted: dict[str, str] = {}
         #: bytes journaled since the last snapshot, and the last snapshot's size (see :meth:`flush`)
@@ -565,36 +808,42 @@ class Manifest:
         freeze_finished: bool = False,
     ) -> Manifest:
         """
-        Read the snapshot and every journal file, keeping the newest record of each image.
+        Read the snapshot and every journal file, line by line, keeping the newest record of each image.
 
-        :param freeze_finished: keep finished records compressed in memory (:class:`FrozenRecord`)
+        :param freeze_finished: keep finished and pending records in storage only (:class:`StoredRecord`)
         """
         manifest = cls(path, flush_interval, freeze_finished)
-        found: dict[str, ManifestRecord] = {}
-        sources = [manifest.path]
+        found: dict[str, ManifestRecord | StoredRecord] = {}
         journal = [
-            p for p in _list_files(manifest.journal_dir) if p.name.endswith(".jsonl") and p.name[0] != "."
+            name for name in _list_names(manifest.journal_dir) if name.endswith(".jsonl") and name[0] != "."
         ]
-        sources += journal
-        for source in sources:
-            data = _read_bytes(source)
-            if data is None:
+        for number, name in enumerate(["", *journal]):
+            source = manifest._path_of(name)
+            lines = _read_lines(source)
+            if lines is None:
                 continue
             manifest.found = True
-            if source is manifest.path:
-                manifest._snapshot_bytes = len(data)
-            else:
-                manifest._journal_bytes += len(data)
-            for record in parse_lines(data, str(source)):
+            manifest._files[number] = name.encode()
+            size = 0
+            for offset, line, record in _parse_stream(lines, str(source)):
+                size = offset + len(line)
                 seen = found.get(record.image)
-                if seen is None or record.rev >= seen.rev:
-                    found[record.image] = (
-                        FrozenRecord(record) if freeze_finished and record.is_final else record
-                    )
+                if seen is not None and record.rev < seen.rev:
+                    continue
+                if freeze_finished and (record.is_final or record.status == PENDING):
+                    found[record.image] = StoredRecord(record, manifest, number, offset, len(line))
+                else:
+                    found[record.image] = record
+            if number == 0:
+                manifest._snapshot_bytes = size
+            else:
+                manifest._journal_bytes += size
+        manifest._next_file = len(journal) + 1
         manifest.records = found
-        manifest._counted = {image: record.status for image, record in found.items()}
-        manifest._counts = Counter(manifest._counted.values())
-        manifest._journal_files = journal
+        manifest._counts = Counter(record.status for record in found.values())
+        manifest._counted = {
+            image: record.status for image, record in found.items() if not isinstance(record, StoredRecord)
+        }
         manifest._rev = max((r.rev for r in found.values()), default=0)
         if journal:
             log.info("Manifest %s: folded in %d journal files", manifest.path, len(journal))
@@ -606,13 +855,23 @@ class Manifest:
         return len(self.records)
 
     def __iter__(self) -> Iterator[ManifestRecord]:
-        return iter(self.records.values())
+        return iter(self.records.values())  # type: ignore[arg-type]
 
     def __contains__(self, image: object) -> bool:
         return image in self.records
 
     def get(self, image: str) -> ManifestRecord | None:
-        return self.records.get(image)
+        return self.records.get(image)  # type: ignore[return-value]
+
+    def hold(self, image: str) -> ManifestRecord | None:
+        """The whole record of ``image``, read back from storage if needed, to change or follow it."""
+        record = self.records.get(image)
+        if isinstance(record, StoredRecord):
+            stored = record
+            record = stored.thaw()
+            self.records[image] = record
+            self._counted[image] = stored.status
+        return record
 
     def add(self, image: str) -> ManifestRecord:
         """The record of ``image``, created :data:`PENDING` if the manifest does not have it yet."""
@@ -621,20 +880,26 @@ class Manifest:
             record = ManifestRecord(image=image)
             self.records[image] = record
             self.touch(record)
-        return record
+        return record  # type: ignore[return-value]
 
-    def touch(self, record: ManifestRecord | FrozenRecord, **changes: Any) -> ManifestRecord:
+    def touch(self, record: ManifestRecord | StoredRecord, **changes: Any) -> ManifestRecord:
         """Apply ``changes`` to a record and give it a new revision; journaled at the next commit."""
-        if isinstance(record, FrozenRecord):
-            record = record.thaw()
+        current = self.records.get(record.image)
+        if isinstance(current, StoredRecord):
+            counted: str | None = current.status
+            if isinstance(record, StoredRecord):
+                record = record.thaw()
+        else:
+            if isinstance(record, StoredRecord):
+                record = record.thaw()
+            counted = self._counted.get(record.image)
         for name, value in changes.items():
             setattr(record, name, value)
-        counted = self._counted.get(record.image)
         if counted != record.status:
             if counted is not None:
                 self._counts[counted] -= 1
             self._counts[record.status] += 1
-            self._counted[record.image] = record.status
+        self._counted[record.image] = record.status
         self._rev += 1
         record.rev = self._rev
         record.updated_at = now_ms()
@@ -653,26 +918,37 @@ class Manifest:
         Make every change since the last commit durable now, as one small journal file.
 
         Called before a submission is sent (so a crash leaves ``pending_submit``, not silence) and right
-        after it is accepted (so the task id is never lost).
+        after it is accepted (so the task id is never lost). With ``freeze_finished``, the records that
+        no longer change soon (finished or pending) then leave memory: only their place stays.
         """
         if not self._unjournaled:
             return
         if self.before_write is not None:
             self.before_write()
         changed = list(self._unjournaled.values())
+        lines = [_render_line(record) for record in changed]
+        data = b"".join(lines)
         name = f"{self._rev:012d}-{uuid.uuid4().hex[:8]}.jsonl"
-        target = self.journal_dir / name
-        data = render_lines(changed)
-        _write_new(target, data)
+        _write_new(self.journal_dir / name, data)
+        number = self._next_file
+        self._next_file += 1
+        self._files[number] = name.encode()
         self.writes += 1
         self.bytes_written += len(data)
         self._journal_bytes += len(data)
-        self._journal_files.append(target)
-        if self.freeze_finished:
-            for record in changed:
-                if record.is_final and self.records.get(record.image) is record:
-                    self.records[record.image] = FrozenRecord(record)
         self._unjournaled.clear()
+        if not self.freeze_finished:
+            return
+        offset = 0
+        for record, line in zip(changed, lines, strict=True):
+            if (record.is_final or record.status == PENDING) and self.records.get(record.image) is record:
+                self.records[record.image] = StoredRecord(record, self, number, offset, len(line))
+                self._counted.pop(record.image, None)
+            offset += len(line)
+
+    def uncommitted(self) -> int:
+        """Records changed since the last :meth:`commit`."""
+        return len(self._unjournaled)
 
     def flush(self, force: bool = False) -> bool:
         """
@@ -682,12 +958,15 @@ class Manifest:
         written per image stay bounded however many images the manifest holds (a rewrite every
         interval would grow with N).
 
-        The snapshot holds everything, so the journal files it folded are deleted afterwards (in one
-        batched request on object stores).
+        The new snapshot is streamed: the lines of stored records are copied from the old snapshot and
+        the journal files in file order, then the records held in memory are rendered. So a snapshot
+        of 100,000 images needs no more memory than one of 1,000. The journal files it folded are
+        deleted afterwards (in batched requests on object stores).
 
         :return: whether a snapshot was written
         """
-        if not self._dirty and not self._journal_files:
+        journal = [number for number in self._files if number]
+        if not self._dirty and not journal:
             return False
         if not force and (
             time.monotonic() - self._last_flush < self.flush_interval
@@ -696,22 +975,65 @@ class Manifest:
             return False
         if self.before_write is not None:
             self.before_write()
-        data = render_lines(self.records.values())
-        write_atomic(self.path, data)
+        stored: dict[int, list[StoredRecord]] = {}
+        held: list[ManifestRecord] = []
+        for record in self.records.values():
+            if isinstance(record, StoredRecord):
+                stored.setdefault(record._file, []).append(record)
+            else:
+                held.append(record)
+        moved: list[tuple[StoredRecord, int]] = []
+
+        def snapshot_lines() -> Iterator[bytes]:
+            position = 0
+            for number in sorted(stored):
+                source = self._path_of(self._files[number])
+                for record, line in self._reader.read_many(source, stored[number]):
+                    moved.append((record, position))
+                    position += len(line)
+                    yield line
+            for record in held:
+                line = _render_line(record)
+                position += len(line)
+                yield line
+
+        size = _write_stream(self.path, snapshot_lines())
+        for record, position in moved:
+            record._file, record._offset = 0, position
+        self._reader.close()
         self.writes += 1
-        self.bytes_written += len(data)
-        self._snapshot_bytes = len(data)
+        self.bytes_written += size
+        self._snapshot_bytes = size
         self._journal_bytes = 0
         self._unjournaled.clear()
         self._dirty = False
         self._last_flush = time.monotonic()
-        folded, self._journal_files = self._journal_files, []
-        self.writes += _delete_many(folded)
+        folded = [self._files.pop(number) for number in journal]
+        self._files[0] = b""
+        self.writes += _delete_names(self.journal_dir, [name.decode() for name in folded])
         if folded and _is_local(self.journal_dir):
             # Fails when not empty (another file appeared) or already gone: both fine.
             with contextlib.suppress(OSError):
                 os.rmdir(self.journal_dir.path)
         return True
+
+    def _path_of(self, name: bytes | str) -> ObjectStoragePath:
+        """The snapshot (empty) or a journal file by name, made when needed (not kept per file)."""
+        if isinstance(name, bytes):
+            name = name.decode()
+        return self.journal_dir / name if name else self.path
+
+    def close(self) -> None:
+        """Close the files opened to read stored records back."""
+        self._reader.close()
+
+    def _read_record(self, stored: StoredRecord) -> ManifestRecord:
+        name = self._files.get(stored._file)
+        if name is None:
+            raise ManifestChangedError(str(self.path), stored.image, "its file was already folded away")
+        path = self._path_of(name)
+        line = self._reader.read(path, stored._offset, stored._length)
+        return _check_line(line, stored, path)
 
 
 # ------------------------------------------------------------------------------------ captions

@@ -40,34 +40,26 @@ CHILD = textwrap.dedent(
     from airflow_provider_apicore.batch import lease as lease_module
     from airflow_provider_apicore.operators.batch_describe import MJBatchDescribeOperator
 
-    ops = {"read": 0, "write": 0, "list": 0, "delete": 0, "bytes_written": 0, "bytes_read": 0}
-
-    def counted(module, name, kind, size_arg=None, result_size=False):
-        real = getattr(module, name)
-        def wrapper(*args, **kwargs):
-            ops[kind] += 1
-            if size_arg is not None:
-                ops["bytes_written"] += len(args[size_arg])
-            value = real(*args, **kwargs)
-            if result_size and value:
-                ops["bytes_read"] += len(value)
-            return value
-        setattr(module, name, wrapper)
-
-    counted(store, "_read_bytes", "read", result_size=True)
-    counted(store, "write_atomic", "write", size_arg=1)
-    counted(store, "_write_new", "write", size_arg=1)
-    counted(store, "_delete", "delete")
-    counted(store, "_list_files", "list")
-    counted(lease_module, "_read_bytes", "read", result_size=True)
-    counted(lease_module, "write_atomic", "write", size_arg=1)
-    counted(lease_module, "_delete", "delete")
+    # The manifest store counts its own operations (store.IO); the lease's files go through the same
+    # primitives, except its conditional create, counted here. On S3, every HTTP request botocore
+    # sends is counted as well.
+    creates = {"n": 0, "bytes": 0}
     real_create = lease_module.LeaseStorage.create
     def create(self, data):
-        ops["write"] += 1
-        ops["bytes_written"] += len(data)
+        creates["n"] += 1
+        creates["bytes"] += len(data)
         return real_create(self, data)
     lease_module.LeaseStorage.create = create
+    http = {"requests": 0}
+    try:
+        from aiobotocore.endpoint import AioEndpoint
+        real_send = AioEndpoint._send
+        async def send(self, request):
+            http["requests"] += 1
+            return await real_send(self, request)
+        AioEndpoint._send = send
+    except ImportError:
+        pass
 
     source, manifest, deferrable = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     op = MJBatchDescribeOperator(
@@ -104,7 +96,13 @@ CHILD = textwrap.dedent(
         pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
     print("RESULT " + json.dumps({
         "summary": summary, "cpu": cpu, "rounds": rounds,
-        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ops": ops,
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "ops": {
+            "read": store.IO["reads"], "write": store.IO["writes"] + creates["n"],
+            "list": store.IO["lists"], "delete": store.IO["deletes"],
+            "bytes_written": store.IO["bytes_written"] + creates["bytes"],
+            "bytes_read": store.IO["bytes_read"], "http_requests": http["requests"],
+        },
     }))
     """
 )
@@ -138,7 +136,23 @@ def _write_images(directory: Path, count: int) -> None:
         (sub / f"img_{i:06d}.png").write_bytes(_png(i))
 
 
-def measure(count: int, deferrable: bool, scratch: Path) -> dict:
+def _moto() -> tuple[object, str]:
+    """moto's S3 server on loopback, with a ``bench`` bucket: (server, endpoint URL)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+    return server, endpoint
+
+
+def measure(count: int, deferrable: bool, scratch: Path, s3: bool = False) -> dict:
     from airflow_provider_apicore.emulator import EmulatorConfig, EmulatorServer
 
     server = EmulatorServer(
@@ -152,6 +166,7 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
     )
     server.start()
     source, manifest = scratch / f"images-{count}", scratch / f"manifest-{count}-{int(deferrable)}.jsonl"
+    moto = None
     try:
         if not source.exists():
             _write_images(source, count)
@@ -162,9 +177,16 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
         env["AIRFLOW_HOME"] = str(scratch / "airflow-home")
         env["PYTHONPATH"] = str(REPO)
         env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+        target = str(manifest)
+        if s3:
+            moto, endpoint = _moto()
+            env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
+                {"conn_type": "aws", "login": "x", "password": "y", "extra": {"endpoint_url": endpoint}}
+            )
+            target = f"s3://bench/manifest-{count}-{int(deferrable)}.jsonl"
         wall = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, str(source), str(manifest), "1" if deferrable else "0"],
+            [sys.executable, "-c", CHILD, str(source), target, "1" if deferrable else "0"],
             env=env,
             cwd=REPO,
             capture_output=True,
@@ -174,6 +196,8 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
         wall = time.monotonic() - wall
     finally:
         server.stop()
+        if moto is not None:
+            moto.stop()
     if proc.returncode != 0:
         raise SystemExit(f"the batch over {count} images failed:\n{proc.stderr[-3000:]}")
     if os.environ.get("BM_PROFILE"):
@@ -184,12 +208,14 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
     return {
         "images": count,
         "deferrable": deferrable,
+        "store": "S3 (moto)" if s3 else "local",
         "succeeded": result["summary"]["succeeded"],
         "peak_rss_mib": result["peak_rss_kib"] / 1024,
         "cpu_ms_per_image": result["cpu"] * 1000 / count,
         "manifest_bytes_written_per_image": ops["bytes_written"] / count,
         "manifest_bytes_read_per_image": ops["bytes_read"] / count,
         "storage_ops_per_image": storage_ops / count,
+        "http_requests_per_image": ops.get("http_requests", 0) / count,
         "ops": ops,
         "rounds": result["rounds"],
         "wall_s": wall,
@@ -198,16 +224,19 @@ def measure(count: int, deferrable: bool, scratch: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| N | mode | succeeded | peak RSS (MiB) | CPU ms/image | manifest bytes written/image | "
-        "bytes read/image | storage ops/image | deferral rounds | wall s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | mode | manifest on | succeeded | peak RSS (MiB) | CPU ms/image | "
+        "manifest bytes written/image | bytes read/image | storage ops/image | S3 requests/image | "
+        "deferral rounds | wall s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['images']:,} | {'deferrable' if r['deferrable'] else 'polling'} | {r['succeeded']:,} | "
+            f"| {r['images']:,} | {'deferrable' if r['deferrable'] else 'polling'} | {r['store']} | "
+            f"{r['succeeded']:,} | "
             f"{r['peak_rss_mib']:.0f} | {r['cpu_ms_per_image']:.2f} | "
             f"{r['manifest_bytes_written_per_image']:.0f} | "
-            f"{r['manifest_bytes_read_per_image']:.0f} | {r['storage_ops_per_image']:.2f} | {r['rounds']} | "
+            f"{r['manifest_bytes_read_per_image']:.0f} | {r['storage_ops_per_image']:.2f} | "
+            f"{r['http_requests_per_image']:.2f} | {r['rounds']} | "
             f"{r['wall_s']:.0f} |"
         )
     return "\n".join(lines)
@@ -217,6 +246,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated numbers of images")
     parser.add_argument("--deferrable", action="store_true", help="also measure the deferrable batch")
+    parser.add_argument("--s3", action="store_true", help="also with the manifest on S3 (moto's server)")
+    parser.add_argument("--only-s3", action="store_true", help="only with the manifest on S3")
     parser.add_argument("--scratch", default=None, help="where images and manifests go (a temp dir)")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "batch_memory_results.md"))
     args = parser.parse_args()
@@ -224,10 +255,12 @@ def main() -> None:
     rows = []
     try:
         for count in [int(n) for n in args.sizes.split(",") if n.strip()]:
-            for deferrable in (False, True) if args.deferrable else (False,):
-                row = measure(count, deferrable, scratch)
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
+            stores = (True,) if args.only_s3 else (False, True) if args.s3 else (False,)
+            for s3 in stores:
+                for deferrable in (False, True) if args.deferrable else (False,):
+                    row = measure(count, deferrable, scratch, s3)
+                    rows.append(row)
+                    print(table([row]).splitlines()[-1], flush=True)
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -236,9 +269,11 @@ def main() -> None:
     Path(args.output).write_text(
         "# MJBatchDescribeOperator cost against N\n\n"
         f"`python benchmarks/batch_memory.py --sizes {args.sizes}"
-        f"{' --deferrable' if args.deferrable else ''}` "
-        f"on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Local manifest; "
-        "2x2 PNGs; emulator jobs of 10 ms on loopback; max_in_flight=200.\n\n" + text + "\n"
+        f"{' --deferrable' if args.deferrable else ''}{' --s3' if args.s3 else ''}"
+        f"{' --only-s3' if args.only_s3 else ''}` "
+        f"on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Images local; "
+        "2x2 PNGs; emulator jobs of 10 ms on loopback; max_in_flight=200. S3 requests are the HTTP requests "
+        "botocore sent (manifest, journal and lease).\n\n" + text + "\n"
     )
 
 

@@ -463,17 +463,32 @@ def test_list_images_pattern_with_a_slash_matches_relative_paths(image_tree: Pat
 def test_list_images_reads_only_the_header_of_each_file(
     image_tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import airflow_provider_apicore.images as images_module
+
     write(image_tree / "large.txt", b"x" * 200_000)
     sizes: list[int] = []
-    original = LocalFileOpener.read
 
-    def spy(self, *args, **kwargs):
-        sizes.append(args[0] if args else kwargs.get("size", -1))
-        return original(self, *args, **kwargs)
+    class Spy:
+        def __init__(self, fh) -> None:
+            self.fh = fh
 
-    monkeypatch.setattr(LocalFileOpener, "read", spy)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.fh.close()
+
+        def read(self, size: int = -1) -> bytes:
+            sizes.append(size)
+            return self.fh.read(size)
+
+    def spy_open(path, mode="r"):
+        return Spy(open(path, mode))  # Spy closes it
+
+    monkeypatch.setattr(images_module, "open", spy_open, raising=False)
+    monkeypatch.setattr(LocalFileOpener, "read", lambda self, size=-1: sizes.append(size) or b"")
     list_images(image_tree)
-    assert sizes
+    assert len(sizes) >= 8  # every candidate file's header was read (one read each)
     assert all(0 <= size <= HEADER_BYTES for size in sizes)
 
 

@@ -6,13 +6,15 @@ import json
 import logging
 import os
 import uuid
+from collections import Counter
 
 import pytest
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_apicore import manifest as manifest_module
-from airflow_provider_apicore.exceptions import ApicoreConfigError
+from airflow_provider_apicore.exceptions import ApicoreConfigError, ManifestChangedError
 from airflow_provider_apicore.manifest import (
+    PENDING,
     PENDING_SUBMIT,
     SUBMITTED,
     SUCCESS,
@@ -28,6 +30,7 @@ from airflow_provider_apicore.manifest import (
 )
 from airflow_provider_apicore.models import MJTask
 from airflow_provider_apicore.results import describe_result
+from tests.batch.test_lease import s3_manifest  # noqa: F401 - the fixture
 
 KEYCAP = "\ufe0f\u20e3"
 PROMPT = "\n\n".join(
@@ -258,10 +261,11 @@ def test_manifest_bytes_written_per_image_do_not_grow_with_the_number_of_images(
     assert large < small * 1.5, (small, large)
 
 
-def _memory_per_finished_record(path, freeze: bool, count: int = 2000) -> float:
+def _memory_per_finished_record(path, freeze: bool, count: int = 2000, repeat: int = 1) -> float:
     import tracemalloc
 
     prompt = "a detailed watercolor painting of a quiet harbour at dawn, soft light, boats, gulls --ar 4:3"
+    prompt = " ".join([prompt] * repeat)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -280,6 +284,7 @@ def _memory_per_finished_record(path, freeze: bool, count: int = 2000) -> float:
             if i % 100 == 99:
                 m.commit()
         m.commit()
+        m.close()
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -289,14 +294,95 @@ def _memory_per_finished_record(path, freeze: bool, count: int = 2000) -> float:
     return used / count
 
 
-def test_finished_records_are_kept_compressed_in_memory_and_read_back_whole(tmp_path, monkeypatch):
+def test_finished_records_live_in_storage_and_cost_a_few_hundred_bytes_each(tmp_path, monkeypatch):
     monkeypatch.setattr(manifest_module.os, "fsync", lambda fd: None)
     full = _memory_per_finished_record(tmp_path / "full" / "manifest.jsonl", freeze=False)
-    frozen = _memory_per_finished_record(tmp_path / "frozen" / "manifest.jsonl", freeze=True)
-    assert frozen < full * 0.6, (full, frozen)
-    m = Manifest.load(str(tmp_path / "frozen" / "manifest.jsonl"), freeze_finished=True)
+    stored = _memory_per_finished_record(tmp_path / "stored" / "manifest.jsonl", freeze=True)
+    heavy = _memory_per_finished_record(tmp_path / "heavy" / "manifest.jsonl", freeze=True, repeat=10)
+    # Path, SHA-256, task id, size and the record's place in storage: a few hundred bytes...
+    assert stored < 700, stored
+    # ... whatever the record holds: ten times longer prompts cost no more memory.
+    assert heavy < stored * 1.15, (stored, heavy)
+    assert full > stored * 3, (full, stored)
+    m = Manifest.load(str(tmp_path / "stored" / "manifest.jsonl"), freeze_finished=True)
     record = m.get("/data/images/image_000007.png")
-    assert isinstance(record, manifest_module.FrozenRecord) and record.status == SUCCESS
+    assert isinstance(record, manifest_module.StoredRecord) and record.status == SUCCESS
     assert record.prompts[0].startswith("0 a detailed watercolor") and record.is_final
     thawed = m.touch(record, error="note")  # changing it gives a full record again
     assert isinstance(thawed, ManifestRecord) and m.get(record.image) is thawed
+
+
+def _finished(m: Manifest, image: str, n: int) -> None:
+    m.touch(m.add(image), status=SUCCESS, task_id=str(n), prompts=[f"{image} prompt {k}" for k in range(4)])
+
+
+def test_a_snapshot_is_streamed_from_the_stored_lines_and_reads_back_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_module.os, "fsync", lambda fd: None)
+    path = tmp_path / "m" / "manifest.jsonl"
+    m = Manifest(str(path), freeze_finished=True)
+    for i in range(300):
+        m.add(f"/img/{i:04d}.png")
+        if i % 50 == 49:
+            m.commit()
+    m.commit()
+    assert m.flush(force=True)  # every record was a line in a journal file
+    for i in range(0, 300, 2):
+        _finished(m, f"/img/{i:04d}.png", i)
+        m.commit()
+    m.touch(m.add("/img/in-flight.png"), status=SUBMITTED, task_id="77")  # held whole in memory
+    m.commit()
+    assert isinstance(m.get("/img/0000.png"), manifest_module.StoredRecord)
+    assert isinstance(m.get("/img/in-flight.png"), ManifestRecord)
+    assert m.flush(force=True)  # from the old snapshot, the journal files and memory
+    assert not (tmp_path / "m" / "manifest.jsonl.journal").exists()
+    expected = {r.image: r.to_dict() for r in m}
+    reread = {r.image: r.to_dict() for r in read_manifest(str(path))}
+    assert reread == expected and len(reread) == 301
+    assert reread["/img/0002.png"]["prompts"][3] == "/img/0002.png prompt 3"
+    assert reread["/img/0003.png"]["status"] == PENDING
+    # The index points into the new snapshot: records read back after the rewrite are right too.
+    assert m.get("/img/0298.png").prompts[0] == "/img/0298.png prompt 0"
+    assert m.counts() == Counter({SUCCESS: 150, PENDING: 150, SUBMITTED: 1})
+
+
+def test_a_manifest_changed_under_its_writer_is_an_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_module.os, "fsync", lambda fd: None)
+    path = tmp_path / "manifest.jsonl"
+    m = Manifest(str(path), freeze_finished=True)
+    for i in range(5):
+        _finished(m, f"/img/{i}.png", i)
+    m.commit()
+    m.flush(force=True)
+    m.close()
+    # Another writer replaces the snapshot (its lines move).
+    path.write_text("".join(sorted(path.read_text().splitlines(keepends=True), reverse=True)))
+    with pytest.raises(ManifestChangedError) as err:
+        m.get("/img/0.png").prompts  # noqa: B018 - reading it back is the point
+    assert str(path) in str(err.value) and "/img/0.png" in str(err.value)
+    assert "One writer per manifest" in str(err.value)
+
+
+def test_on_s3_the_snapshot_is_a_multipart_upload_readers_see_whole_or_not_at_all(s3_manifest, monkeypatch):  # noqa: F811
+    # Parts of 5 MiB (S3's smallest): a snapshot of ~6 MB is uploaded in two parts, never held whole.
+    monkeypatch.setattr(manifest_module, "STREAM_BLOCK", 5 * 1024 * 1024)
+    m = Manifest(s3_manifest, freeze_finished=True)
+    padding = "x" * 4000
+    for i in range(1_600):
+        m.touch(m.add(f"s3://leases/img/{i:05d}.png"), status=SUCCESS, prompts=[padding], task_id=str(i))
+        if i % 100 == 99:
+            m.commit()  # journal files of ~400 KB
+    m.commit()
+    assert m.flush(force=True)
+    first = s3_manifest.read_bytes()
+    assert len(first) > 6_000_000
+    assert {r.image: r.to_dict() for r in read_manifest(s3_manifest)} == {r.image: r.to_dict() for r in m}
+    # A rewrite that fails half-way (a stored line moved under the writer) is aborted: the old
+    # snapshot stays, whole.
+    m.touch(m.add("s3://leases/img/new.png"), status=SUCCESS, task_id="new")
+    m.commit()
+    victim = m.get("s3://leases/img/01599.png")
+    victim._offset += 1
+    with pytest.raises(ManifestChangedError):
+        m.flush(force=True)
+    assert s3_manifest.read_bytes() == first
+    assert m.get("s3://leases/img/00007.png").prompts == [padding]  # read back by a ranged GET

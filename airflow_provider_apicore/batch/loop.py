@@ -125,12 +125,14 @@ class BatchLoop:
         self.max_submit_attempts = max_submit_attempts
         self.resubmit_failed = resubmit_failed
         self.backoff = backoff
-        self.queue: deque[ManifestRecord] = deque()
+        #: images to submit, by key (their records stay in the manifest's store until taken)
+        self.queue: deque[str] = deque()
         #: SHA-256 -> the image whose job stands for those bytes (a key, so finished records can be
         #: kept compressed by the manifest)
         self.by_sha: dict[str, str] = {}
         self.by_task: dict[str, list[ManifestRecord]] = {}
-        self.waiting: dict[str, list[ManifestRecord]] = {}
+        #: SHA-256 -> images waiting for the job of an identical image to be accepted
+        self.waiting: dict[str, list[str]] = {}
         self.in_doubt: dict[str, float] = {}  # image -> monotonic time its reconciliation is due
         self.tracker = TaskTracker([])
         self.not_found_seen: set[str] = set()
@@ -138,8 +140,9 @@ class BatchLoop:
         self.backoffs = 0
         self.last_progress: tuple | None = None
         self.last_progress_at = 0.0
-        #: (finished at, accepted at) of the images finished within the rate window, oldest first
-        self.finishes: deque[tuple[int, int]] = deque()
+        #: images finished within the rate window, per second: [second, count, earliest accepted at],
+        #: oldest first (at most one entry per second, however many images finish)
+        self.finishes: deque[list[int]] = deque()
         #: set by ``on_kill``: submit nothing more
         self.stopping = False
         #: the balance guard (``min_quota_usd``), set by the operator
@@ -151,7 +154,7 @@ class BatchLoop:
     # ------------------------------------------------------------------ setup
     def prepare(self, fresh: bool) -> None:
         """Sort every record into: final, in flight (follow), in doubt (reconcile) or to submit."""
-        for record in self.manifest:
+        for record in list(self.manifest):
             if fresh and record.status == READ_ERROR:
                 record = self.manifest.touch(record, status=PENDING, error=None)
             if fresh and self.resubmit_failed and record.status in RETRYABLE_FAILURES:
@@ -177,13 +180,13 @@ class BatchLoop:
                 self.by_sha[record.sha256] = record.image
         for record in self.manifest:
             if record.status == SUBMITTED and record.task_id:
-                self._follow(record.task_id, record)
+                self._follow(record.task_id, self.manifest.hold(record.image))
             elif record.status == SUBMITTED or (record.status == UNKNOWN_FATE and self._may_resubmit(record)):
                 self.in_doubt[record.image] = 0.0
                 if record.sha256 and self.action.dedupe:
                     self.by_sha[record.sha256] = record.image
             elif record.status == PENDING:
-                self.queue.append(record)
+                self.queue.append(record.image)
         # Timeouts are checked only once the server has been asked (poll or trigger event): jobs that
         # finished while the worker was away or the trigger waited are recorded as finished.
 
@@ -249,7 +252,7 @@ class BatchLoop:
                 continue
             if not self._quota_allows():
                 return
-            record = self.manifest.get(image)
+            record = self.manifest.hold(image)
             if record is not None and self.send(record, reconciling=True) == "pause":
                 return
         while (
@@ -260,7 +263,10 @@ class BatchLoop:
         ):
             if not self._quota_allows():
                 return
-            record = self.queue.popleft()
+            image = self.queue.popleft()
+            record = self.manifest.hold(image)
+            if record is None or record.status != PENDING:
+                continue
             if self._process(record) == "pause":
                 return
 
@@ -332,11 +338,13 @@ class BatchLoop:
                 self.by_task.setdefault(record.task_id, []).append(record)
             self.log.info("%s has the same bytes as %s: sharing its result", record.image, primary.image)
         else:
-            self.waiting.setdefault(primary.sha256 or "", []).append(record)
+            self.waiting.setdefault(primary.sha256 or "", []).append(record.image)
 
     def _release_waiting(self, primary: ManifestRecord) -> None:
-        for record in self.waiting.pop(primary.sha256 or "", []):
-            self._attach(record, primary)
+        for image in self.waiting.pop(primary.sha256 or "", []):
+            record = self.manifest.hold(image)
+            if record is not None:
+                self._attach(record, primary)
 
     def payload(self, data: Item, state: str) -> dict[str, Any]:
         """The body of one submission (the action's); its settings were checked before the batch began."""
@@ -484,7 +492,7 @@ class BatchLoop:
         if reconciling:
             self.in_doubt[record.image] = self.paused_until
         else:
-            self.queue.appendleft(record)
+            self.queue.appendleft(record.image)
         self.log.warning(
             "%s; nothing was accepted. Pausing submissions for %.1fs%s (%d in flight keep being followed)",
             failure.reason,
@@ -634,13 +642,13 @@ class BatchLoop:
         # Images finished in the last RATE_WINDOW_MS, over the time since the first of them was sent.
         now = now_ms()
         window_start = now - RATE_WINDOW_MS
-        while self.finishes and self.finishes[0][0] < window_start:
+        while self.finishes and self.finishes[0][0] * 1000 < window_start:
             self.finishes.popleft()
         rate = None
         if self.finishes:
-            began = max(window_start, min(accepted for _, accepted in self.finishes))
+            began = max(window_start, min(accepted for _, _, accepted in self.finishes))
             if now - began >= 1000:
-                rate = len(self.finishes) / ((now - began) / 60000)
+                rate = sum(count for _, count, _ in self.finishes) / ((now - began) / 60000)
         eta = None if not rate else (total - done) / rate * 60
         return {
             "total": total,
@@ -655,7 +663,13 @@ class BatchLoop:
     def note_finished(self, record: ManifestRecord) -> None:
         """Count one image finished now, for the rate (the window's oldest finishes drop out)."""
         now = now_ms()
-        self.finishes.append((now, record.accepted_at or now))
+        accepted = record.accepted_at or now
+        last = self.finishes[-1] if self.finishes else None
+        if last is not None and last[0] == now // 1000:
+            last[1] += 1
+            last[2] = min(last[2], accepted)
+        else:
+            self.finishes.append([now // 1000, 1, accepted])
 
     def log_progress(self, every: float = 60.0) -> None:
         state = self.progress()

@@ -9,21 +9,20 @@ changed is described again (its old result and SHA-256 no longer describe it).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_apicore.exceptions import ApicoreInputError
-from airflow_provider_apicore.images import scan_images
+from airflow_provider_apicore.images import scan_image_files, scan_images
 from airflow_provider_apicore.manifest import PENDING, READ_ERROR, REJECTED, Manifest
 
 
-@dataclass(frozen=True)
-class Listed:
+class Listed(NamedTuple):
     """
-    One image the source names.
+    One image the source names (a plain tuple: a listing of 100,000 images holds no object per image
+    beyond it).
 
     :param image: its path as a string (the manifest key)
     :param problem: why it cannot be described (a list entry that is missing or not an image), or None
@@ -70,13 +69,18 @@ def list_source(
             and record.mtime == mtime
         )
 
-    found = scan_images(
+    found = scan_image_files(
         source, pattern=pattern, recursive=recursive, max_bytes=max_image_bytes, unchanged=unchanged
     )
-    return [Listed(str(item.path), None, item.size, item.mtime) for item in found]
+    return [Listed(path, None, size, mtime) for path, size, mtime in found]
 
 
-def add_listed(manifest: Manifest, listed: Sequence[Listed], log: Any) -> int:
+#: Records :func:`add_listed` puts into the manifest between two journal commits: the new records of a
+#: large listing leave memory in steps instead of all waiting for one commit.
+ADD_COMMIT_EVERY = 5000
+
+
+def add_listed(manifest: Manifest, listed: Iterable[Listed], log: Any) -> int:
     """
     Put the listed images into the manifest: new ones ``pending``, finished ones whose file changed back
     to ``pending``.
@@ -85,6 +89,8 @@ def add_listed(manifest: Manifest, listed: Sequence[Listed], log: Any) -> int:
     """
     changed = 0
     for item in listed:
+        if manifest.uncommitted() >= ADD_COMMIT_EVERY:
+            manifest.commit()
         record = manifest.get(item.image)
         if record is None:
             record = manifest.add(item.image)
