@@ -183,7 +183,7 @@ def measure(count: int, deferrable: bool, scratch: Path, s3: bool = False) -> di
             env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
                 {"conn_type": "aws", "login": "x", "password": "y", "extra": {"endpoint_url": endpoint}}
             )
-            target = f"s3://bench/manifest-{count}-{int(deferrable)}.jsonl"
+            target = f"s3://aws_default@bench/manifest-{count}-{int(deferrable)}.jsonl"
         wall = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-c", CHILD, str(source), target, "1" if deferrable else "0"],
