@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 from airflow.sdk import ObjectStoragePath
@@ -458,10 +458,15 @@ def load_image(source: ImageSource, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) ->
         if size is not None and size > max_bytes:
             raise InvalidImageError(where, _too_large_rule(size, max_bytes))
         with fs.open(path.path, "rb") as fh:
-            header = fh.read(HEADER_BYTES)
-            mime = validate_image_header(header, where, name)
-            # One byte past the limit tells a file that grew since the size check.
-            data = header + fh.read(max_bytes + 1 - len(header))
+            return _read_image(fh, where, name, max_bytes)
+
+
+def _read_image(fh: Any, where: str, name: str, max_bytes: int) -> ImageData:
+    """Read an open image file whose size was checked: the header first, then the rest."""
+    header = fh.read(HEADER_BYTES)
+    mime = validate_image_header(header, where, name)
+    # One byte past the limit tells a file that grew since the size check.
+    data = header + fh.read(max_bytes + 1 - len(header))
     if len(data) > max_bytes:
         raise InvalidImageError(where, _too_large_rule(len(data), max_bytes))
     return ImageData.of(name, where, mime, data)
@@ -481,13 +486,7 @@ def _load_local(where: str, max_bytes: int) -> ImageData:
         if st.st_size > max_bytes:
             raise InvalidImageError(where, _too_large_rule(st.st_size, max_bytes))
         with open(where, "rb") as fh:
-            header = fh.read(HEADER_BYTES)
-            mime = validate_image_header(header, where, name)
-            # One byte past the limit tells a file that grew since the size check.
-            data = header + fh.read(max_bytes + 1 - len(header))
-    if len(data) > max_bytes:
-        raise InvalidImageError(where, _too_large_rule(len(data), max_bytes))
-    return ImageData.of(name, where, mime, data)
+            return _read_image(fh, where, name, max_bytes)
 
 
 def _load_data_url(s: str, max_bytes: int) -> ImageData:

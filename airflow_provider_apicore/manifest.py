@@ -703,35 +703,6 @@ class _LineReader:
             self._open.popitem()[1].close()
 
 
-def parse_lines(data: bytes, where: str) -> Iterator[ManifestRecord]:
-    """
-    Records from JSONL bytes. A last line that is cut short is skipped with a warning.
-
-    :raises ApicoreConfigError: a line other than the last is not a record; names the file and line
-    """
-    text = data.decode("utf-8", errors="replace")
-    lines = text.split("\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield ManifestRecord.from_dict(json.loads(line))
-        except ValueError as err:
-            last = all(not rest.strip() for rest in lines[number:])
-            if last and not text.endswith("\n"):
-                log.warning(
-                    "Manifest %s: skipping line %d, cut short by an interrupted write (%s)",
-                    where,
-                    number,
-                    err,
-                )
-                continue
-            raise ApicoreConfigError(
-                f"Manifest {where} line {number} is not a manifest record ({err}). The file was damaged "
-                "or is not a manifest: repair or delete that line, or point manifest_path elsewhere."
-            ) from None
-
-
 def render_lines(records: Iterable[ManifestRecord]) -> bytes:
     return b"".join(_render_line(r) for r in records)
 

@@ -143,6 +143,13 @@ def s3_manifest(monkeypatch):
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(key, value)
+    # A fresh filesystem for this server: Airflow caches one store per connection, and s3fs one
+    # instance per set of options, so an earlier test's (stopped) server would be reached otherwise.
+    from airflow.sdk.io import store
+    from s3fs import S3FileSystem
+
+    store._STORE_CACHE.clear()
+    S3FileSystem.clear_instance_cache()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
