@@ -401,23 +401,11 @@ def write_atomic(path: ObjectStoragePath, data: bytes) -> None:
     Local: a temporary file in the same directory, fsync'ed, renamed over the target, directory
     fsync'ed. Object stores: one PUT, which is atomic per object.
     """
+    if _is_local(path):
+        _write_stream(path, (data,))  # the same temporary file, fsync and rename
+        return
     IO["writes"] += 1
     IO["bytes_written"] += len(data)
-    if _is_local(path):
-        directory = os.path.dirname(path.path) or "."
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(path.path)}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        _fsync_dir(directory)
-        return
     _pipe(path, data)
 
 
