@@ -128,7 +128,7 @@ class BatchLoop:
         #: images to submit, by key (their records stay in the manifest's store until taken)
         self.queue: deque[str] = deque()
         #: SHA-256 -> the image whose job stands for those bytes (a key, so finished records can be
-        #: kept compressed by the manifest)
+        #: left in storage by the manifest)
         self.by_sha: dict[str, str] = {}
         self.by_task: dict[str, list[ManifestRecord]] = {}
         #: SHA-256 -> images waiting for the job of an identical image to be accepted
