@@ -110,6 +110,9 @@ MANIFEST_NAME = "manifest.jsonl"
 #: Journal bytes below which :meth:`Manifest.flush` does not compact (small manifests rewrite at the end).
 COMPACT_MIN_BYTES = 256 * 1024
 JOURNAL_SUFFIX = ".journal"
+#: Names of a deferred batch's files next to the journal (their dot keeps them out of the journal).
+PLAN_PREFIX = ".plan-"
+CHECKPOINT_PREFIX = ".resume-"
 
 
 def now_ms() -> int:
@@ -753,6 +756,9 @@ class Manifest:
         self._snapshot_bytes = 0
         #: whether :meth:`load` found a snapshot or journal files
         self.found = False
+        #: taken over by :meth:`resume`: only some records are in memory (see :meth:`_complete`)
+        self.partial = False
+        self._total = 0
         #: called before anything is written (the batch checks its lease there)
         self.before_write: Callable[[], None] | None = None
         #: storage writes and deletes so far, and bytes written (for benchmarks)
@@ -772,59 +778,168 @@ class Manifest:
         :param freeze_finished: keep finished and pending records in storage only (:class:`StoredRecord`)
         """
         manifest = cls(path, flush_interval, freeze_finished)
+        found = manifest._scan()
+        manifest.records = found
+        manifest._count_all()
+        manifest._rev = max((r.rev for r in found.values()), default=0)
+        journal = [number for number in manifest._files if number > 0]
+        if journal:
+            log.info("Manifest %s: folded in %d journal files", manifest.path, len(journal))
+            manifest._dirty = True
+        # A process that takes over (a retry, a resume) may compact at its first flush: waiting a whole
+        # interval per process would let journal files pile up across short deferral rounds.
+        manifest._last_flush = time.monotonic() - manifest.flush_interval
+        return manifest
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | os.PathLike | ObjectStoragePath,
+        state: dict[str, Any],
+        flush_interval: float = 30.0,
+    ) -> Manifest:
+        """
+        Take a manifest over from the state :meth:`checkpoint_state` saved, without reading it.
+
+        Only the records the state carries (in flight, queued in front, waiting, in doubt) are in
+        memory; counts, the image total and the journal's size come from the state. Anything that needs
+        every record (iterating, a lookup of an image not held, compacting) reads the whole manifest
+        once first (:meth:`_complete`), which finishing a batch does anyway. So a deferral round costs
+        storage reads for what is in flight, not for every image.
+
+        :param state: what :meth:`checkpoint_state` returned in the process that deferred
+        """
+        manifest = cls(path, flush_interval, freeze_finished=True)
+        manifest.partial = True
+        manifest.found = True
+        for data in state["records"]:
+            record = ManifestRecord.from_dict(data)
+            manifest.records[record.image] = record
+            manifest._counted[record.image] = record.status
+        manifest._counts = Counter({k: int(v) for k, v in state["counts"].items()})
+        manifest._total = int(state["total"])
+        manifest._rev = int(state["rev"])
+        manifest._snapshot_bytes = int(state["snapshot_bytes"])
+        manifest._journal_bytes = int(state["journal_bytes"])
+        manifest._dirty = manifest._journal_bytes > 0
+        manifest._last_flush = time.monotonic() - max(0.0, float(state["since_flush"]))
+        return manifest
+
+    def checkpoint_state(self, keys: Iterable[str]) -> dict[str, Any]:
+        """
+        What :meth:`resume` needs to take this manifest over in another process: counts, sizes, and the
+        whole records of ``keys`` and of every record held in memory. Call it after :meth:`commit`.
+
+        :param keys: images the batch still refers to (queued in front, waiting, in doubt)
+        """
+        wanted = {
+            image: record for image, record in self.records.items() if isinstance(record, ManifestRecord)
+        }
+        for image in keys:
+            if image not in wanted and (record := self.hold(image)) is not None:
+                wanted[image] = record
+        return {
+            "rev": self._rev,
+            "total": len(self),
+            "counts": dict(+self._counts),
+            "snapshot_bytes": self._snapshot_bytes,
+            "journal_bytes": self._journal_bytes,
+            "since_flush": time.monotonic() - self._last_flush,
+            "records": [record.to_dict() for record in wanted.values()],
+        }
+
+    def _scan(self) -> dict[str, ManifestRecord | StoredRecord]:
+        """Read the snapshot and every journal file: the newest record of each image (and file sizes)."""
         found: dict[str, ManifestRecord | StoredRecord] = {}
         journal = [
-            name for name in _list_names(manifest.journal_dir) if name.endswith(".jsonl") and name[0] != "."
+            name for name in _list_names(self.journal_dir) if name.endswith(".jsonl") and name[0] != "."
         ]
+        self._files = {number: name for number, name in self._files.items() if number < 0}
+        self._snapshot_bytes = self._journal_bytes = 0
         for number, name in enumerate(["", *journal]):
-            source = manifest._path_of(name)
+            source = self._path_of(name)
             lines = _read_lines(source)
             if lines is None:
                 continue
-            manifest.found = True
-            manifest._files[number] = name.encode()
+            self.found = True
+            self._files[number] = name.encode()
             size = 0
             for offset, line, record in _parse_stream(lines, str(source)):
                 size = offset + len(line)
                 seen = found.get(record.image)
                 if seen is not None and record.rev < seen.rev:
                     continue
-                if freeze_finished and (record.is_final or record.status == PENDING):
-                    found[record.image] = StoredRecord(record, manifest, number, offset, len(line))
+                if self.freeze_finished and (record.is_final or record.status == PENDING):
+                    found[record.image] = StoredRecord(record, self, number, offset, len(line))
                 else:
                     found[record.image] = record
             if number == 0:
-                manifest._snapshot_bytes = size
+                self._snapshot_bytes = size
             else:
-                manifest._journal_bytes += size
-        manifest._next_file = len(journal) + 1
-        manifest.records = found
-        manifest._counts = Counter(record.status for record in found.values())
-        manifest._counted = {
-            image: record.status for image, record in found.items() if not isinstance(record, StoredRecord)
+                self._journal_bytes += size
+        self._next_file = len(journal) + 1
+        return found
+
+    def _count_all(self) -> None:
+        self._counts = Counter(record.status for record in self.records.values())
+        self._counted = {
+            image: record.status
+            for image, record in self.records.items()
+            if not isinstance(record, StoredRecord)
         }
-        manifest._rev = max((r.rev for r in found.values()), default=0)
-        if journal:
-            log.info("Manifest %s: folded in %d journal files", manifest.path, len(journal))
-            manifest._dirty = True
-        return manifest
+
+    def _complete(self) -> None:
+        """A manifest taken over by :meth:`resume`: read every record now (the records held win)."""
+        if not self.partial:
+            return
+        started = time.monotonic()
+        found = self._scan()
+        for image, record in self.records.items():
+            if isinstance(record, StoredRecord):
+                continue  # its line is in a file just read (or a copy of one in the plan)
+            seen = found.get(image)
+            if seen is None or record.rev >= seen.rev:
+                found[image] = record
+        self.records = found
+        self._count_all()
+        self._rev = max(self._rev, max((r.rev for r in found.values()), default=0))
+        self.partial = False
+        log.info(
+            "Manifest %s: read all %d records (%.1fs) to %s",
+            self.path,
+            len(found),
+            time.monotonic() - started,
+            "compact or finish",
+        )
 
     # -- records
     def __len__(self) -> int:
-        return len(self.records)
+        return self._total if self.partial else len(self.records)
 
     def __iter__(self) -> Iterator[ManifestRecord]:
+        self._complete()
         return iter(self.records.values())  # type: ignore[arg-type]
 
     def __contains__(self, image: object) -> bool:
-        return image in self.records
+        return self._lookup(image) is not None  # type: ignore[arg-type]
 
     def get(self, image: str) -> ManifestRecord | None:
-        return self.records.get(image)  # type: ignore[return-value]
+        return self._lookup(image)  # type: ignore[return-value]
+
+    def held(self) -> list[ManifestRecord]:
+        """The records whole in memory (in flight, being changed), without reading any from storage."""
+        return [record for record in self.records.values() if isinstance(record, ManifestRecord)]
+
+    def _lookup(self, image: str) -> ManifestRecord | StoredRecord | None:
+        record = self.records.get(image)
+        if record is None and self.partial:
+            self._complete()
+            record = self.records.get(image)
+        return record
 
     def hold(self, image: str) -> ManifestRecord | None:
         """The whole record of ``image``, read back from storage if needed, to change or follow it."""
-        record = self.records.get(image)
+        record = self._lookup(image)
         if isinstance(record, StoredRecord):
             stored = record
             record = stored.thaw()
@@ -834,10 +949,11 @@ class Manifest:
 
     def add(self, image: str) -> ManifestRecord:
         """The record of ``image``, created :data:`PENDING` if the manifest does not have it yet."""
-        record = self.records.get(image)
+        record = self._lookup(image)
         if record is None:
             record = ManifestRecord(image=image)
             self.records[image] = record
+            self._total += 1
             self.touch(record)
         return record  # type: ignore[return-value]
 
@@ -924,14 +1040,15 @@ class Manifest:
 
         :return: whether a snapshot was written
         """
-        journal = [number for number in self._files if number]
-        if not self._dirty and not journal:
+        if not self._dirty and not any(number > 0 for number in self._files):
             return False
         if not force and (
             time.monotonic() - self._last_flush < self.flush_interval
             or self._journal_bytes < max(COMPACT_MIN_BYTES, self._snapshot_bytes)
         ):
             return False
+        self._complete()
+        journal = [number for number in self._files if number > 0]
         if self.before_write is not None:
             self.before_write()
         stored: dict[int, list[StoredRecord]] = {}
@@ -975,6 +1092,68 @@ class Manifest:
             with contextlib.suppress(OSError):
                 os.rmdir(self.journal_dir.path)
         return True
+
+    # -- the queue of a deferred batch, in storage (see airflow_provider_apicore.batch.work_queue)
+    def write_plan(self, images: Iterable[str]) -> str:
+        """
+        Write the records of ``images``, in order, to a new plan file next to the journal; return its
+        name. A batch that defers keeps the images still to submit there instead of in memory: each
+        resume reads only the next few from it (:meth:`read_plan`).
+        """
+        if self.before_write is not None:
+            self.before_write()
+        name = f"{PLAN_PREFIX}{uuid.uuid4().hex[:12]}.jsonl"
+
+        def lines() -> Iterator[bytes]:
+            for image in images:
+                record = self.records.get(image)
+                if isinstance(record, StoredRecord):
+                    source = self._path_of(self._files[record._file])
+                    yield self._reader.read(source, record._offset, record._length)
+                elif record is not None:
+                    yield _render_line(record)
+
+        size = _write_stream(self.journal_dir / name, lines())
+        self.writes += 1
+        self.bytes_written += size
+        return name
+
+    def read_plan(self, name: str, offset: int, max_bytes: int) -> list[tuple[str, int]]:
+        """
+        The next whole lines of plan ``name`` from byte ``offset``: ``(image, offset after its line)``.
+        Images not held are registered as stored records read back from the plan when taken.
+        """
+        encoded = name.encode()
+        number = next((n for n, known in self._files.items() if known == encoded), None)
+        if number is None:
+            number = min([0, *self._files]) - 1
+            self._files[number] = encoded
+        path = self._path_of(name)
+        while True:
+            data = self._reader.read(path, offset, max_bytes)
+            taken: list[tuple[str, int]] = []
+            position = offset
+            for line in data.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break
+                record = ManifestRecord.from_dict(json.loads(line))
+                if record.image not in self.records:
+                    self.records[record.image] = StoredRecord(record, self, number, position, len(line))
+                position += len(line)
+                taken.append((record.image, position))
+            if taken or len(data) < max_bytes:
+                return taken
+            max_bytes *= 4  # one line longer than a block
+
+    def remove_resume_files(self) -> int:
+        """Delete the plans and checkpoints deferred rounds left next to the journal; return how many."""
+        names = [n for n in _list_names(self.journal_dir) if n.startswith((PLAN_PREFIX, CHECKPOINT_PREFIX))]
+        self._reader.close()
+        self.writes += _delete_names(self.journal_dir, names)
+        if names and _is_local(self.journal_dir):
+            with contextlib.suppress(OSError):
+                os.rmdir(self.journal_dir.path)
+        return len(names)
 
     def _path_of(self, name: bytes | str) -> ObjectStoragePath:
         """The snapshot (empty) or a journal file by name, made when needed (not kept per file)."""

@@ -62,10 +62,16 @@ CHILD = textwrap.dedent(
         pass
 
     source, manifest, deferrable = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    op = MJBatchDescribeOperator(
-        task_id="bench", source=source, manifest_path=manifest, max_in_flight=200, poll_interval=0.05,
-        timeout=None, deferrable=deferrable,
-    )
+    from_checkpoint = sys.argv[4] == "checkpoint"
+
+    def new_operator():
+        # A resume runs on a new operator instance, as in a new task process.
+        return MJBatchDescribeOperator(
+            task_id="bench", source=source, manifest_path=manifest, max_in_flight=200,
+            poll_interval=0.05, timeout=None, deferrable=deferrable,
+        )
+
+    op = new_operator()
     ctx = {"ti": SimpleNamespace(dag_id="bench", run_id="r", task_id="bench", try_number=1)}
 
     async def first_event(trigger):
@@ -86,7 +92,9 @@ CHILD = textwrap.dedent(
             rounds += 1
             event = asyncio.run(first_event(current.trigger))
             try:
-                summary = op.execute_complete(ctx, event)
+                # "manifest": what a resume without its checkpoint does (reads the whole manifest).
+                kwargs = dict(current.kwargs or {}) if from_checkpoint else {}
+                summary = new_operator().execute_complete(ctx, event, **kwargs)
                 break
             except TaskDeferred as again:
                 current = again
@@ -152,7 +160,9 @@ def _moto() -> tuple[object, str]:
     return server, endpoint
 
 
-def measure(count: int, deferrable: bool, scratch: Path, s3: bool = False) -> dict:
+def measure(
+    count: int, deferrable: bool, scratch: Path, s3: bool = False, resume: str = "checkpoint"
+) -> dict:
     from airflow_provider_apicore.emulator import EmulatorConfig, EmulatorServer
 
     server = EmulatorServer(
@@ -165,7 +175,8 @@ def measure(count: int, deferrable: bool, scratch: Path, s3: bool = False) -> di
         )
     )
     server.start()
-    source, manifest = scratch / f"images-{count}", scratch / f"manifest-{count}-{int(deferrable)}.jsonl"
+    source = scratch / f"images-{count}"
+    manifest = scratch / f"manifest-{count}-{int(deferrable)}-{resume}.jsonl"
     moto = None
     try:
         if not source.exists():
@@ -183,10 +194,10 @@ def measure(count: int, deferrable: bool, scratch: Path, s3: bool = False) -> di
             env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(
                 {"conn_type": "aws", "login": "x", "password": "y", "extra": {"endpoint_url": endpoint}}
             )
-            target = f"s3://aws_default@bench/manifest-{count}-{int(deferrable)}.jsonl"
+            target = f"s3://aws_default@bench/manifest-{count}-{int(deferrable)}-{resume}.jsonl"
         wall = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, str(source), target, "1" if deferrable else "0"],
+            [sys.executable, "-c", CHILD, str(source), target, "1" if deferrable else "0", resume],
             env=env,
             cwd=REPO,
             capture_output=True,
@@ -208,6 +219,7 @@ def measure(count: int, deferrable: bool, scratch: Path, s3: bool = False) -> di
     return {
         "images": count,
         "deferrable": deferrable,
+        "resume": resume if deferrable else "",
         "store": "S3 (moto)" if s3 else "local",
         "succeeded": result["summary"]["succeeded"],
         "peak_rss_mib": result["peak_rss_kib"] / 1024,
@@ -224,14 +236,15 @@ def measure(count: int, deferrable: bool, scratch: Path, s3: bool = False) -> di
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| N | mode | manifest on | succeeded | peak RSS (MiB) | CPU ms/image | "
+        "| N | mode | resume from | manifest on | succeeded | peak RSS (MiB) | CPU ms/image | "
         "manifest bytes written/image | bytes read/image | storage ops/image | S3 requests/image | "
         "deferral rounds | wall s |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['images']:,} | {'deferrable' if r['deferrable'] else 'polling'} | {r['store']} | "
+            f"| {r['images']:,} | {'deferrable' if r['deferrable'] else 'polling'} | {r.get('resume', '')} | "
+            f"{r['store']} | "
             f"{r['succeeded']:,} | "
             f"{r['peak_rss_mib']:.0f} | {r['cpu_ms_per_image']:.2f} | "
             f"{r['manifest_bytes_written_per_image']:.0f} | "
@@ -248,6 +261,12 @@ def main() -> None:
     parser.add_argument("--deferrable", action="store_true", help="also measure the deferrable batch")
     parser.add_argument("--s3", action="store_true", help="also with the manifest on S3 (moto's server)")
     parser.add_argument("--only-s3", action="store_true", help="only with the manifest on S3")
+    parser.add_argument(
+        "--resume",
+        default="checkpoint",
+        choices=("checkpoint", "manifest", "both"),
+        help="deferrable: resume from the deferral's checkpoint, the whole manifest, or both side by side",
+    )
     parser.add_argument("--scratch", default=None, help="where images and manifests go (a temp dir)")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "batch_memory_results.md"))
     args = parser.parse_args()
@@ -258,9 +277,11 @@ def main() -> None:
             stores = (True,) if args.only_s3 else (False, True) if args.s3 else (False,)
             for s3 in stores:
                 for deferrable in (False, True) if args.deferrable else (False,):
-                    row = measure(count, deferrable, scratch, s3)
-                    rows.append(row)
-                    print(table([row]).splitlines()[-1], flush=True)
+                    resumes = ("checkpoint", "manifest") if args.resume == "both" else (args.resume,)
+                    for resume in resumes if deferrable else ("checkpoint",):
+                        row = measure(count, deferrable, scratch, s3, resume)
+                        rows.append(row)
+                        print(table([row]).splitlines()[-1], flush=True)
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -270,7 +291,8 @@ def main() -> None:
         "# MJBatchDescribeOperator cost against N\n\n"
         f"`python benchmarks/batch_memory.py --sizes {args.sizes}"
         f"{' --deferrable' if args.deferrable else ''}{' --s3' if args.s3 else ''}"
-        f"{' --only-s3' if args.only_s3 else ''}` "
+        f"{' --only-s3' if args.only_s3 else ''}"
+        f"{f' --resume {args.resume}' if args.deferrable else ''}` "
         f"on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Images local; "
         "2x2 PNGs; emulator jobs of 10 ms on loopback; max_in_flight=200. S3 requests are the HTTP requests "
         "botocore sent (manifest, journal and lease).\n\n" + text + "\n"

@@ -3,7 +3,9 @@ The submit/poll loop of a batch: what one process does between reading the manif
 
 :class:`BatchLoop` holds only what is in flight (ids followed, images whose submission is being
 reconciled, the queue of records to submit) and writes every change to the manifest as it happens, so a
-new process (a retry, or the resume after a deferral) rebuilds the same state from the manifest.
+new process rebuilds the same state: a retry from the manifest (:meth:`BatchLoop.prepare`), the resume
+after a deferral from the checkpoint the deferral wrote (:meth:`BatchLoop.restore`,
+:mod:`~airflow_provider_apicore.batch.checkpoint`).
 Submitting a single image is :meth:`BatchLoop.send`; what a failed submission means is decided by
 :func:`airflow_provider_apicore.batch.submit.classify`.
 """
@@ -17,7 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_apicore.batch.actions import BatchAction, DescribeAction, Item
+from airflow_provider_apicore.batch.checkpoint import decode_prefixes, encode_prefixes, sha_prefix
 from airflow_provider_apicore.batch.submit import SubmitFailure, Verdict, classify
+from airflow_provider_apicore.batch.work_queue import WorkQueue
 from airflow_provider_apicore.exceptions import (
     ApicoreConfigError,
     ApicoreError,
@@ -126,10 +130,13 @@ class BatchLoop:
         self.resubmit_failed = resubmit_failed
         self.backoff = backoff
         #: images to submit, by key (their records stay in the manifest's store until taken)
-        self.queue: deque[str] = deque()
+        self.queue = WorkQueue()
         #: SHA-256 -> the image whose job stands for those bytes (a key, so finished records can be
         #: left in storage by the manifest)
         self.by_sha: dict[str, str] = {}
+        #: after a resume from a checkpoint: 8-byte prefixes of the SHA-256s sent in earlier rounds,
+        #: whose images ``by_sha`` does not know yet (a hit reads the whole manifest once)
+        self.sha_filter: set[int] = set()
         self.by_task: dict[str, list[ManifestRecord]] = {}
         #: SHA-256 -> images waiting for the job of an identical image to be accepted
         self.waiting: dict[str, list[str]] = {}
@@ -190,9 +197,60 @@ class BatchLoop:
         # Timeouts are checked only once the server has been asked (poll or trigger event): jobs that
         # finished while the worker was away or the trigger waited are recorded as finished.
 
+    def referenced_keys(self) -> set[str]:
+        """Images the loop refers to beyond those in flight: in doubt, waiting, queued in memory."""
+        keys = set(self.in_doubt) | set(self.queue)
+        for images in self.waiting.values():
+            keys.update(images)
+        return keys
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The loop's own state for a resume in another process (times as seconds from now)."""
+        now = time.monotonic()
+        prefixes = set(self.sha_filter)
+        prefixes.update(sha_prefix(sha) for sha in self.by_sha if sha)
+        return {
+            "in_doubt": {image: max(0.0, due - now) for image, due in self.in_doubt.items()},
+            "waiting": self.waiting,
+            "not_found_seen": sorted(self.not_found_seen),
+            "paused_for": max(0.0, self.paused_until - now),
+            "backoffs": self.backoffs,
+            "finishes": list(self.finishes),
+            "sha_prefixes": encode_prefixes(prefixes),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """
+        Continue from a checkpoint (:mod:`~airflow_provider_apicore.batch.checkpoint`) instead of
+        :meth:`prepare`: only the records it carries are read, never the whole manifest.
+        """
+        loop_state = state["loop"]
+        self.queue = WorkQueue.from_checkpoint(self.manifest, state["queue"])
+        now = time.monotonic()
+        self.in_doubt = {image: now + float(due) for image, due in loop_state["in_doubt"].items()}
+        self.waiting = {sha: list(images) for sha, images in loop_state["waiting"].items()}
+        self.not_found_seen = set(loop_state["not_found_seen"])
+        paused_for = float(loop_state["paused_for"])
+        self.paused_until = now + paused_for if paused_for else 0.0
+        self.backoffs = int(loop_state["backoffs"])
+        self.finishes = deque([list(entry) for entry in loop_state["finishes"]])
+        self.sha_filter = decode_prefixes(loop_state["sha_prefixes"])
+        for record in self.manifest.held():
+            if self.action.dedupe and record.sha256 and (record.attempts > 0 or record.task_id):
+                self.by_sha.setdefault(record.sha256, record.image)
+            if record.status == SUBMITTED and record.task_id and record.image not in self.in_doubt:
+                self._follow(record.task_id, record)
+
+    def _known_shas(self) -> None:
+        """A SHA-256 sent in an earlier round: learn every image's from the whole manifest (once)."""
+        for record in self.manifest:
+            if self.action.dedupe and record.sha256 and (record.attempts > 0 or record.task_id):
+                self.by_sha.setdefault(record.sha256, record.image)
+        self.sha_filter = set()
+
     def log_start(self, fresh: bool) -> None:
         counts = self.manifest.counts()
-        final = sum(1 for r in self.manifest if r.is_final)
+        final = sum(n for status, n in counts.items() if status in FINAL_STATUSES)
         self.log.info(
             "%s %s: %d images; %d already finished, %d in flight to follow, %d to reconcile, %d to submit "
             "(max_in_flight=%d)",
@@ -286,6 +344,9 @@ class BatchLoop:
                 self.queue.extendleft(self.waiting.pop(old, []))
             self.manifest.touch(record, sha256=data.sha256)
         primary_image = self.by_sha.get(data.sha256)
+        if primary_image is None and self.sha_filter and sha_prefix(data.sha256) in self.sha_filter:
+            self._known_shas()
+            primary_image = self.by_sha.get(data.sha256)
         primary = self.manifest.get(primary_image) if primary_image else None
         if primary is not None and primary_image != record.image:
             self._attach(record, primary)

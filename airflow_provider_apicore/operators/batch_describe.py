@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_apicore.account import QuotaGuard, usd_amount
 from airflow_provider_apicore.batch.actions import BatchAction, DescribeAction
+from airflow_provider_apicore.batch.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from airflow_provider_apicore.batch.errors import LeaseLostError, ManifestUnavailableError, UnknownFateError
 from airflow_provider_apicore.batch.lease import FencingToken, ManifestLease
 from airflow_provider_apicore.batch.loop import (
@@ -412,9 +413,12 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
         loop = self._open(context, fresh=True)
         return self._publish(context, self._guarded(loop, lambda: self._drive(loop)))
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None) -> dict[str, Any]:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, resume_from: str | None = None
+    ) -> dict[str, Any]:
         """
-        Resume after the trigger, in whatever process runs it: continue from the manifest.
+        Resume after the trigger, in whatever process runs it: continue from the checkpoint the deferral
+        wrote (``resume_from``) and the manifest, or from the whole manifest when there is none.
 
         :raises ManifestUnavailableError: the manifest is missing or unreadable here, or does not know
             the jobs the trigger followed (never an empty success)
@@ -422,7 +426,7 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
         self._check_arguments()
         if not isinstance(event, dict):
             event = {}  # the end of a deferred pause (a TimeDeltaTrigger's moment)
-        loop = self._open(context, fresh=False, event=event)
+        loop = self._open(context, fresh=False, event=event, resume_from=resume_from)
 
         def resume() -> dict[str, Any]:
             if event.get("status") == EVENT_ERROR:
@@ -545,8 +549,15 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
                 f"The describe settings are not valid, so no image was sent or marked: {err}"
             ) from None
 
-    def _load(self, fresh: bool) -> Manifest:
+    def _load(self, fresh: bool, resume_from: str | None = None) -> tuple[Manifest, dict[str, Any] | None]:
         path = to_storage_path(self.manifest_path)
+        if resume_from and not fresh:
+            try:
+                resumed = load_checkpoint(path, resume_from, float(self.flush_interval))
+            except OSError as err:
+                raise ManifestUnavailableError(str(path), f"its checkpoint cannot be read ({err})") from err
+            if resumed is not None:
+                return resumed
         try:
             manifest = Manifest.load(path, flush_interval=float(self.flush_interval), freeze_finished=True)
         except (OSError, ApicoreConfigError) as err:
@@ -555,14 +566,22 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
             raise ManifestUnavailableError(str(path), f"cannot be read ({err})") from err
         if not fresh and not manifest.found:
             raise ManifestUnavailableError(str(path), "does not exist (neither the manifest nor its journal)")
-        return manifest
+        return manifest, None
 
-    def _open(self, context: Context, fresh: bool, event: dict[str, Any] | None = None) -> BatchLoop:
+    def _open(
+        self,
+        context: Context,
+        fresh: bool,
+        event: dict[str, Any] | None = None,
+        resume_from: str | None = None,
+    ) -> BatchLoop:
         ti = context["ti"]
         tag = state_tag(str(ti.dag_id), str(ti.run_id), int(self.max_submit_attempts))
         self._check_settings(tag)
         hook = ApicoreHook(apicore_conn_id=self.apicore_conn_id)
-        manifest = self._load(fresh)
+        manifest, checkpoint = self._load(fresh, resume_from)
+        #: the checkpoint this process continues from, deleted once a newer one is written
+        self._resumed_from = resume_from if checkpoint is not None else None
         lease = None
         if self.lease:
             token = FencingToken.from_context(context)
@@ -603,7 +622,10 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
         try:
             if fresh:
                 self._plan(manifest)
-            loop.prepare(fresh=fresh)
+            if checkpoint is not None:
+                loop.restore(checkpoint)
+            else:
+                loop.prepare(fresh=fresh)
             if not fresh:
                 self._check_event_known(loop, event or {})
             manifest.commit()
@@ -701,8 +723,9 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
         more_to_submit = bool(loop.queue or loop.waiting)
         min_finished = max(1, len(pending) // 2) if more_to_submit else None
         end_time = loop.earliest_deadline()
-        # The journal holds every change: no whole-manifest rewrite per deferral round.
-        loop.manifest.commit()
+        # The journal holds every change, the checkpoint what the resume needs: no whole-manifest
+        # rewrite, nor read, per deferral round.
+        checkpoint = self._checkpoint(loop)
         self.log.info(
             "Deferring: %d tasks in flight; resuming when %s finished%s",
             len(pending),
@@ -718,6 +741,7 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
                 min_finished=min_finished,
             ),
             method_name="execute_complete",
+            kwargs={"resume_from": checkpoint},
             # The trigger keeps its own deadline; this is a safety net a little later.
             timeout=None if end_time is None else timedelta(seconds=max(0.0, end_time - time.time()) + 120),
         )
@@ -734,13 +758,25 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
             from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
         except ImportError:  # the standard provider is missing: pause in the worker
             return
-        loop.manifest.commit()
+        checkpoint = self._checkpoint(loop)
         self.log.info("Submitting paused for %.0fs with nothing in flight: deferring meanwhile", seconds)
-        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name="execute_complete")
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=seconds)),
+            method_name="execute_complete",
+            kwargs={"resume_from": checkpoint},
+        )
+
+    def _checkpoint(self, loop: BatchLoop) -> str:
+        """Write what the resume continues from; the one this process resumed from is no longer needed."""
+        name = save_checkpoint(loop)
+        remove_checkpoint(loop.manifest, getattr(self, "_resumed_from", None))
+        self._resumed_from = None
+        return name
 
     def _finish(self, loop: BatchLoop) -> dict[str, Any]:
         loop.manifest.commit()
         loop.manifest.flush(force=True)
+        loop.manifest.remove_resume_files()
         summary = loop.summary()
         spend = ""
         if loop.quota is not None and (self._reports_balance or loop.quota_stop):

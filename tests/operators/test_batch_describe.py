@@ -400,7 +400,8 @@ def test_deferrable_alternates_between_submitting_and_the_trigger(tmp_path, apic
         deferrals.append((len(trigger.task_ids), trigger.min_finished))
         event = asyncio.run(_first_event(trigger))
         try:
-            summary = op.execute_complete(CONTEXT, event)
+            # As Airflow resumes: with the kwargs the deferral named (its checkpoint).
+            summary = op.execute_complete(CONTEXT, event, **(current.kwargs or {}))
             break
         except TaskDeferred as deferred:
             current = deferred

@@ -60,6 +60,8 @@ LOOPS = {
         "test_a_batch_meeting_a_queue_that_never_frees_gives_up",
         "test_a_batch_whose_polls_always_fail_ends_with_the_error",
     ],
+    # Reads more at a time until a whole line is in: ends at the first line, or at the plan's end.
+    ("manifest.py", "Manifest.read_plan"): ["test_a_plan_line_longer_than_a_read_block_is_read_whole"],
     ("emulator/state.py", "EmulatorState._new_id"): ["test_emulator_task_ids_are_unique_without_waiting"],
     ("emulator/connection.py", "drain_request"): ["test_emulator_service_loops_end_when_the_server_stops"],
     # Reads one request body: ends with its last chunk or the client's disconnect.
@@ -96,6 +98,24 @@ def test_every_while_true_loop_is_listed_with_the_tests_that_prove_it_ends():
     names = set(globals())
     for tests in LOOPS.values():
         assert set(tests) <= names, tests
+
+
+def test_a_plan_line_longer_than_a_read_block_is_read_whole(tmp_path):
+    from airflow_provider_apicore.manifest import Manifest
+
+    manifest = Manifest(tmp_path / "m.jsonl", freeze_finished=True)
+    long_error = "x" * 5000
+    manifest.add("a.png").error = long_error
+    manifest.add("b.png")
+    manifest.commit()
+    name = manifest.write_plan(["a.png", "b.png"])
+    reader = Manifest(tmp_path / "m.jsonl", freeze_finished=True)
+    taken = reader.read_plan(name, 0, max_bytes=16)
+    assert taken[0][0] == "a.png" and reader.get("a.png").error == long_error
+    assert [image for image, _ in reader.read_plan(name, taken[0][1], max_bytes=16)] == ["b.png"]
+    # At the plan's end: nothing, at once.
+    size = (tmp_path / "m.jsonl.journal" / name).stat().st_size
+    assert reader.read_plan(name, size, max_bytes=16) == []
 
 
 # ------------------------------------------------------------------------------------ the hook
