@@ -557,6 +557,11 @@ class MJBatchDescribeOperator(ApicoreLinksMixin, ApicoreLineageMixin, NotifyHook
             except OSError as err:
                 raise ManifestUnavailableError(str(path), f"its checkpoint cannot be read ({err})") from err
             if resumed is not None:
+                self.log.info(
+                    "Resuming from checkpoint %s: %d records in memory, the manifest is not read back",
+                    resume_from,
+                    len(resumed[0].held()),
+                )
                 return resumed
         try:
             manifest = Manifest.load(path, flush_interval=float(self.flush_interval), freeze_finished=True)
