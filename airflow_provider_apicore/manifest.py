@@ -42,6 +42,7 @@ import dataclasses
 import json
 import logging
 import os
+import struct
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -227,47 +228,135 @@ _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ManifestRecord))
 _FIELD_SET = frozenset(_FIELD_NAMES)
 
 
+#: How a stored record's fixed fields are packed: status code, flags, attempts, size, mtime, revision,
+#: file number, offset and length of its line, and the SHA-256 digest (76 bytes).
+_PACKED = struct.Struct("<BBHqdqiqi32s")
+#: Statuses a stored record can have (finished or pending), by code.
+_STATUS_CODES = (PENDING, SUCCESS, FAILURE, CANCEL, NOT_FOUND, TIMEOUT, REJECTED, READ_ERROR)
+_STATUS_CODE = {status: code for code, status in enumerate(_STATUS_CODES)}
+_HAS_SHA, _HAS_SIZE, _HAS_MTIME = 1, 2, 4
+_NO_DIGEST = bytes(32)
+
+
 class StoredRecord:
     """
     A record whose newest line is in storage, not in memory.
 
     It keeps the few fields the batch looks at for every image (status, SHA-256, size, modification
     time, task id, attempts, revision) and where its line is (which manifest file, at what byte offset,
-    how long). Any other field is read back from that line when asked for (:meth:`thaw`), so a finished
-    image costs about 300 bytes of memory whatever its prompts weigh. :meth:`Manifest.touch` replaces it
-    with a full :class:`ManifestRecord` before changing it.
+    how long). The fixed-size ones are packed into one 76-byte string (a SHA-256 as its 32-byte digest,
+    not 64 hex characters), so a finished image costs a few hundred bytes of memory, path included,
+    whatever its prompts weigh. Any other field is read back from the line when asked for
+    (:meth:`thaw`). :meth:`Manifest.touch` replaces it with a full :class:`ManifestRecord` before
+    changing it.
     """
 
-    __slots__ = (
-        "_file",
-        "_length",
-        "_manifest",
-        "_offset",
-        "attempts",
-        "image",
-        "mtime",
-        "rev",
-        "sha256",
-        "size",
-        "status",
-        "task_id",
-    )
+    __slots__ = ("_manifest", "_odd", "_packed", "image", "task_id")
 
     def __init__(
         self, record: ManifestRecord, manifest: Manifest, file: int, offset: int, length: int
     ) -> None:
         self.image = record.image
-        self.status = record.status
-        self.sha256 = record.sha256
-        self.size = record.size
-        self.mtime = record.mtime
         self.task_id = record.task_id
-        self.attempts = record.attempts
-        self.rev = record.rev
         self._manifest = manifest
-        self._file = file
-        self._offset = offset
-        self._length = length
+        #: fields that do not fit the packed layout (a hand-edited line), kept as they are
+        self._odd: dict[str, Any] | None = None
+        flags = 0
+        digest = _NO_DIGEST
+        sha = record.sha256
+        if sha is not None:
+            try:
+                digest = bytes.fromhex(sha)
+            except (TypeError, ValueError):
+                digest = b""
+            if len(digest) == 32 and digest.hex() == sha:
+                flags |= _HAS_SHA
+            else:
+                digest = _NO_DIGEST
+                self._keep_odd("sha256", sha)
+        code = _STATUS_CODE.get(record.status)
+        if code is None:
+            code = 0
+            self._keep_odd("status", record.status)
+        size = record.size
+        if isinstance(size, int) and 0 <= size < 1 << 62:
+            flags |= _HAS_SIZE
+        elif size is not None:
+            self._keep_odd("size", size)
+        mtime = record.mtime
+        if isinstance(mtime, (int, float)) and not isinstance(mtime, bool):
+            flags |= _HAS_MTIME
+        elif mtime is not None:
+            self._keep_odd("mtime", mtime)
+        attempts = record.attempts
+        if not 0 <= attempts < 1 << 16:
+            self._keep_odd("attempts", attempts)
+            attempts = 0
+        self._packed = _PACKED.pack(
+            code,
+            flags,
+            attempts,
+            size if flags & _HAS_SIZE else 0,
+            float(mtime) if flags & _HAS_MTIME else 0.0,
+            record.rev,
+            file,
+            offset,
+            length,
+            digest,
+        )
+
+    def _keep_odd(self, name: str, value: Any) -> None:
+        if self._odd is None:
+            self._odd = {}
+        self._odd[name] = value
+
+    def _field(self, name: str, value: Any) -> Any:
+        odd = self._odd
+        return odd[name] if odd is not None and name in odd else value
+
+    @property
+    def status(self) -> str:
+        return self._field("status", _STATUS_CODES[self._packed[0]])
+
+    @property
+    def sha256(self) -> str | None:
+        if self._packed[1] & _HAS_SHA:
+            return self._packed[-32:].hex()
+        return self._field("sha256", None)
+
+    @property
+    def size(self) -> int | None:
+        return _PACKED.unpack(self._packed)[3] if self._packed[1] & _HAS_SIZE else self._field("size", None)
+
+    @property
+    def mtime(self) -> float | None:
+        return _PACKED.unpack(self._packed)[4] if self._packed[1] & _HAS_MTIME else self._field("mtime", None)
+
+    @property
+    def attempts(self) -> int:
+        return self._field("attempts", _PACKED.unpack(self._packed)[2])
+
+    @property
+    def rev(self) -> int:
+        return _PACKED.unpack(self._packed)[5]
+
+    @property
+    def _file(self) -> int:
+        return _PACKED.unpack(self._packed)[6]
+
+    @property
+    def _offset(self) -> int:
+        return _PACKED.unpack(self._packed)[7]
+
+    @property
+    def _length(self) -> int:
+        return _PACKED.unpack(self._packed)[8]
+
+    def _move(self, file: int, offset: int) -> None:
+        """Its line is now at ``offset`` of file ``file`` (a snapshot rewrite moved it)."""
+        fields = list(_PACKED.unpack(self._packed))
+        fields[6], fields[7] = file, offset
+        self._packed = _PACKED.pack(*fields)
 
     def thaw(self) -> ManifestRecord:
         """The full record, read back from its line in storage."""
@@ -1075,7 +1164,7 @@ class Manifest:
 
         size = _write_stream(self.path, snapshot_lines())
         for record, position in moved:
-            record._file, record._offset = 0, position
+            record._move(0, position)
         self._reader.close()
         self.writes += 1
         self.bytes_written += size

@@ -87,5 +87,9 @@ def decode_prefixes(text: str) -> set[int]:
     return {int.from_bytes(raw[i : i + 8], "big") for i in range(0, len(raw) - 7, 8)}
 
 
-def sha_prefix(sha256: str) -> int:
-    return int(sha256[:16], 16)
+def sha_prefix(sha256: str) -> int | None:
+    """The first 8 bytes of a hex SHA-256 as an int (None for a value that is not hex)."""
+    try:
+        return int(sha256[:16], 16)
+    except (TypeError, ValueError):
+        return None

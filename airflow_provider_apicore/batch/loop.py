@@ -131,9 +131,10 @@ class BatchLoop:
         self.backoff = backoff
         #: images to submit, by key (their records stay in the manifest's store until taken)
         self.queue = WorkQueue()
-        #: SHA-256 -> the image whose job stands for those bytes (a key, so finished records can be
-        #: left in storage by the manifest)
-        self.by_sha: dict[str, str] = {}
+        #: SHA-256 (its first 8 bytes, as an int) -> the image whose job stands for those bytes. A
+        #: key, so finished records stay in storage; an int, so the index costs no hex string per
+        #: image. A match is confirmed on the whole SHA-256 (:meth:`_primary_for`).
+        self.by_sha: dict[int, str] = {}
         #: after a resume from a checkpoint: 8-byte prefixes of the SHA-256s sent in earlier rounds,
         #: whose images ``by_sha`` does not know yet (a hit reads the whole manifest once)
         self.sha_filter: set[int] = set()
@@ -178,20 +179,15 @@ class BatchLoop:
                         f"{record.state!r}); APICore may have started a job for it"
                     ),
                 )
-            if (
-                self.action.dedupe
-                and record.sha256
-                and (record.attempts > 0 or record.task_id)
-                and record.sha256 not in self.by_sha
-            ):
-                self.by_sha[record.sha256] = record.image
+            if self.action.dedupe and record.sha256 and (record.attempts > 0 or record.task_id):
+                self._index_sha(record)
         for record in self.manifest:
             if record.status == SUBMITTED and record.task_id:
                 self._follow(record.task_id, self.manifest.hold(record.image))
             elif record.status == SUBMITTED or (record.status == UNKNOWN_FATE and self._may_resubmit(record)):
                 self.in_doubt[record.image] = 0.0
                 if record.sha256 and self.action.dedupe:
-                    self.by_sha[record.sha256] = record.image
+                    self._index_sha(record, replace=True)
             elif record.status == PENDING:
                 self.queue.append(record.image)
         # Timeouts are checked only once the server has been asked (poll or trigger event): jobs that
@@ -208,7 +204,7 @@ class BatchLoop:
         """The loop's own state for a resume in another process (times as seconds from now)."""
         now = time.monotonic()
         prefixes = set(self.sha_filter)
-        prefixes.update(sha_prefix(sha) for sha in self.by_sha if sha)
+        prefixes.update(self.by_sha)
         return {
             "in_doubt": {image: max(0.0, due - now) for image, due in self.in_doubt.items()},
             "waiting": self.waiting,
@@ -237,7 +233,7 @@ class BatchLoop:
         self.sha_filter = decode_prefixes(loop_state["sha_prefixes"])
         for record in self.manifest.held():
             if self.action.dedupe and record.sha256 and (record.attempts > 0 or record.task_id):
-                self.by_sha.setdefault(record.sha256, record.image)
+                self._index_sha(record)
             if record.status == SUBMITTED and record.task_id and record.image not in self.in_doubt:
                 self._follow(record.task_id, record)
 
@@ -245,7 +241,7 @@ class BatchLoop:
         """A SHA-256 sent in an earlier round: learn every image's from the whole manifest (once)."""
         for record in self.manifest:
             if self.action.dedupe and record.sha256 and (record.attempts > 0 or record.task_id):
-                self.by_sha.setdefault(record.sha256, record.image)
+                self._index_sha(record)
         self.sha_filter = set()
 
     def log_start(self, fresh: bool) -> None:
@@ -337,22 +333,41 @@ class BatchLoop:
             return self.send(record, data=data)
         if record.sha256 != data.sha256:
             old = record.sha256
-            if old and self.by_sha.get(old) == record.image:
+            if old and self._primary_for(old) == record.image:
                 # The file changed since it was hashed: its old bytes no longer stand for it, and images
                 # that waited for it as their identical twin are planned again on their own.
-                del self.by_sha[old]
+                del self.by_sha[sha_prefix(old)]
                 self.queue.extendleft(self.waiting.pop(old, []))
             self.manifest.touch(record, sha256=data.sha256)
-        primary_image = self.by_sha.get(data.sha256)
-        if primary_image is None and self.sha_filter and sha_prefix(data.sha256) in self.sha_filter:
+        primary = self._primary_for(data.sha256)
+        if primary is None and self.sha_filter and sha_prefix(data.sha256) in self.sha_filter:
             self._known_shas()
-            primary_image = self.by_sha.get(data.sha256)
-        primary = self.manifest.get(primary_image) if primary_image else None
-        if primary is not None and primary_image != record.image:
-            self._attach(record, primary)
-            return None
-        self.by_sha[data.sha256] = record.image
+            primary = self._primary_for(data.sha256)
+        if primary is not None:
+            record_primary = self.manifest.get(primary)
+            if record_primary is not None and primary != record.image:
+                self._attach(record, record_primary)
+                return None
+        self.by_sha[sha_prefix(data.sha256)] = record.image
         return self.send(record, data=data)
+
+    def _index_sha(self, record: ManifestRecord, replace: bool = False) -> None:
+        """Remember ``record`` as the image whose job stands for its bytes (the first one, unless told)."""
+        if not record.sha256:
+            return
+        key = sha_prefix(record.sha256)
+        if key is not None and (replace or key not in self.by_sha):
+            self.by_sha[key] = record.image
+
+    def _primary_for(self, sha256: str) -> str | None:
+        """The image whose job stands for these bytes, if it has the same whole SHA-256."""
+        image = self.by_sha.get(sha_prefix(sha256))  # type: ignore[arg-type]
+        if image is None:
+            return None
+        primary = self.manifest.get(image)
+        # Two different images sharing the first 8 bytes of a SHA-256: not identical (the later one
+        # is sent on its own; at worst a later copy of the earlier one is sent again, never mixed up).
+        return image if primary is not None and primary.sha256 == sha256 else None
 
     def _read(self, record: ManifestRecord) -> Item | None:
         """

@@ -183,3 +183,29 @@ def test_on_s3_a_resume_reads_its_checkpoint_and_finishing_removes_it(tmp_path, 
     assert len(read_manifest(s3_manifest)) == 60
     left = s3_manifest.fs.find(s3_manifest.parent.path)
     assert not [name for name in left if ".plan-" in name or ".resume-" in name], left
+
+
+def test_images_sharing_only_the_first_8_bytes_of_their_sha256_are_not_taken_for_identical(tmp_path):
+    import logging
+
+    from airflow_provider_apicore.batch.loop import BatchLoop
+    from airflow_provider_apicore.manifest import Manifest
+
+    m = Manifest(tmp_path / "m.jsonl", freeze_finished=True)
+    sent = "00" * 8 + "11" * 24
+    m.touch(m.add("/img/a.png"), status=SUCCESS, sha256=sent, attempts=1, task_id="1")
+    m.commit()
+    loop = BatchLoop(
+        m,
+        None,
+        "t",
+        logging.getLogger("test"),
+        max_in_flight=1,
+        poll_interval=1,
+        timeout=None,
+        max_image_bytes=1,
+    )
+    loop.prepare(fresh=False)
+    assert loop._primary_for(sent) == "/img/a.png"
+    assert loop._primary_for("00" * 8 + "22" * 24) is None  # same prefix, other bytes
+    assert loop._primary_for("01" * 32) is None
