@@ -110,6 +110,8 @@ VOLATILE_FIELDS = (
 MANIFEST_NAME = "manifest.jsonl"
 #: Journal bytes below which :meth:`Manifest.flush` does not compact (small manifests rewrite at the end).
 COMPACT_MIN_BYTES = 256 * 1024
+#: Superseded journal files deleted together (one request per batch on object stores).
+DEAD_BATCH = 200
 JOURNAL_SUFFIX = ".journal"
 #: Names of a deferred batch's files next to the journal (their dot keeps them out of the journal).
 PLAN_PREFIX = ".plan-"
@@ -834,6 +836,16 @@ class Manifest:
         # strings it is given, and the interpreter's table of interned strings never shrinks
         self._files: dict[int, bytes] = {}
         self._next_file = 1
+        #: journal file number -> how many images have their newest line there; a journal file whose
+        #: count falls to 0 holds only superseded lines and is deleted (in batches) without waiting for
+        #: the next snapshot, so neither a resume nor a compaction has to read it
+        self._live: Counter[int] = Counter()
+        #: image -> the file of its newest line, for records held whole (stored ones know theirs)
+        self._line_file: dict[str, int] = {}
+        #: names of journal files found superseded, not deleted yet
+        self._dead: list[bytes] = []
+        #: journal file number -> its size
+        self._sizes: dict[int, int] = {}
         self._reader = _LineReader()
         self._dirty = False
         self._last_flush = time.monotonic()
@@ -905,6 +917,16 @@ class Manifest:
             record = ManifestRecord.from_dict(data)
             manifest.records[record.image] = record
             manifest._counted[record.image] = record.status
+        numbers: dict[str, int] = {}
+        for name, (live, size) in (state.get("journal") or {}).items():
+            number = numbers[name] = manifest._next_file
+            manifest._next_file += 1
+            manifest._files[number] = name.encode()
+            manifest._live[number] = int(live)
+            manifest._sizes[number] = int(size)
+        for image, name in (state.get("lines") or {}).items():
+            if image in manifest.records and name in numbers:
+                manifest._line_file[image] = numbers[name]
         manifest._counts = Counter({k: int(v) for k, v in state["counts"].items()})
         manifest._total = int(state["total"])
         manifest._rev = int(state["rev"])
@@ -927,7 +949,20 @@ class Manifest:
         for image in keys:
             if image not in wanted and (record := self.hold(image)) is not None:
                 wanted[image] = record
+        self.drop_dead()
+        # Where the records carried have their newest line, so that the resume can delete those journal
+        # files once they hold only superseded lines (files of finished records stay until a snapshot).
+        lines: dict[str, str] = {}
+        journal: dict[str, list[int]] = {}
+        for image in wanted:
+            number = self._line_file.get(image)
+            name = self._files.get(number) if number is not None and number > 0 else None
+            if name is not None:
+                lines[image] = name.decode()
+                journal[name.decode()] = [self._live[number], self._sizes.get(number, 0)]
         return {
+            "lines": lines,
+            "journal": journal,
             "rev": self._rev,
             "total": len(self),
             "counts": dict(+self._counts),
@@ -940,10 +975,13 @@ class Manifest:
     def _scan(self) -> dict[str, ManifestRecord | StoredRecord]:
         """Read the snapshot and every journal file: the newest record of each image (and file sizes)."""
         found: dict[str, ManifestRecord | StoredRecord] = {}
+        whole_at: dict[str, int] = {}
         journal = [
             name for name in _list_names(self.journal_dir) if name.endswith(".jsonl") and name[0] != "."
         ]
+        self.drop_dead()
         self._files = {number: name for number, name in self._files.items() if number < 0}
+        self._sizes = {}
         self._snapshot_bytes = self._journal_bytes = 0
         for number, name in enumerate(["", *journal]):
             source = self._path_of(name)
@@ -960,13 +998,23 @@ class Manifest:
                     continue
                 if self.freeze_finished and (record.is_final or record.status == PENDING):
                     found[record.image] = StoredRecord(record, self, number, offset, len(line))
+                    whole_at.pop(record.image, None)
                 else:
                     found[record.image] = record
+                    whole_at[record.image] = number
             if number == 0:
                 self._snapshot_bytes = size
             else:
-                self._journal_bytes += size
+                self._sizes[number] = size
         self._next_file = len(journal) + 1
+        self._live = Counter(r._file for r in found.values() if isinstance(r, StoredRecord))
+        self._live.update(whole_at.values())
+        self._line_file = whole_at
+        # Journal files with no newest line left: superseded, delete them at the next chance.
+        for number in [n for n in self._files if n > 0 and n not in self._live]:
+            self._dead.append(self._files.pop(number))
+            self._sizes.pop(number, None)
+        self._journal_bytes = sum(self._sizes.values())
         return found
 
     def _count_all(self) -> None:
@@ -989,6 +1037,8 @@ class Manifest:
             seen = found.get(image)
             if seen is None or record.rev >= seen.rev:
                 found[image] = record
+                if isinstance(seen, StoredRecord):
+                    self._line_file[image] = seen._file
         self.records = found
         self._count_all()
         self._rev = max(self._rev, max((r.rev for r in found.values()), default=0))
@@ -1034,6 +1084,7 @@ class Manifest:
             record = stored.thaw()
             self.records[image] = record
             self._counted[image] = stored.status
+            self._line_file[image] = stored._file
         return record
 
     def add(self, image: str) -> ManifestRecord:
@@ -1051,6 +1102,7 @@ class Manifest:
         current = self.records.get(record.image)
         if isinstance(current, StoredRecord):
             counted: str | None = current.status
+            self._line_file[current.image] = current._file
             if isinstance(record, StoredRecord):
                 record = record.thaw()
         else:
@@ -1097,10 +1149,17 @@ class Manifest:
         number = self._next_file
         self._next_file += 1
         self._files[number] = name.encode()
+        self._sizes[number] = len(data)
         self.writes += 1
         self.bytes_written += len(data)
         self._journal_bytes += len(data)
         self._unjournaled.clear()
+        for record in changed:
+            self._supersede(self._line_file.get(record.image))
+            self._line_file[record.image] = number
+        self._live[number] += len(changed)
+        if len(self._dead) >= DEAD_BATCH:
+            self.drop_dead()
         if not self.freeze_finished:
             return
         offset = 0
@@ -1108,7 +1167,28 @@ class Manifest:
             if (record.is_final or record.status == PENDING) and self.records.get(record.image) is record:
                 self.records[record.image] = StoredRecord(record, self, number, offset, len(line))
                 self._counted.pop(record.image, None)
+                self._line_file.pop(record.image, None)
             offset += len(line)
+
+    def _supersede(self, number: int | None) -> None:
+        """One newest line less in journal file ``number``; with none left, it is dead."""
+        if number is None or number <= 0 or number not in self._live:
+            return
+        self._live[number] -= 1
+        if self._live[number] <= 0:
+            del self._live[number]
+            self._journal_bytes -= self._sizes.pop(number, 0)
+            name = self._files.pop(number, None)
+            if name is not None:
+                self._dead.append(name)
+
+    def drop_dead(self) -> None:
+        """Delete the journal files that hold only superseded lines (one request per 1,000 on S3)."""
+        if not self._dead:
+            return
+        names = [name.decode() for name in self._dead]
+        self._dead = []
+        self.writes += _delete_names(self.journal_dir, names)
 
     def uncommitted(self) -> int:
         """Records changed since the last :meth:`commit`."""
@@ -1173,8 +1253,12 @@ class Manifest:
         self._unjournaled.clear()
         self._dirty = False
         self._last_flush = time.monotonic()
-        folded = [self._files.pop(number) for number in journal]
+        folded = [self._files.pop(number) for number in journal] + self._dead
         self._files[0] = b""
+        self._dead = []
+        self._sizes = {}
+        self._live = Counter()
+        self._line_file = {record.image: 0 for record in held}
         self.writes += _delete_names(self.journal_dir, [name.decode() for name in folded])
         if folded and _is_local(self.journal_dir):
             # Fails when not empty (another file appeared) or already gone: both fine.

@@ -414,3 +414,43 @@ def test_a_stored_record_keeps_fields_the_packed_form_cannot_hold(tmp_path):
         2,
     )
     assert plain.rev == plain.thaw().rev and odd.thaw().attempts == 70_000
+
+
+def _journal_files(path) -> list[str]:
+    journal = path.parent / (path.name + ".journal")
+    return sorted(n for n in os.listdir(journal) if not n.startswith(".")) if journal.exists() else []
+
+
+def test_journal_files_holding_only_superseded_lines_are_deleted_before_any_snapshot(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_module, "DEAD_BATCH", 1)
+    path = tmp_path / "m.jsonl"
+    m = Manifest(str(path), freeze_finished=True)
+    for i in range(20):
+        image = f"/img/{i:02d}.png"
+        m.add(image)
+        m.commit()
+        m.touch(m.hold(image), status=PENDING_SUBMIT, attempts=1)
+        m.commit()
+        m.touch(m.hold(image), status=SUBMITTED, task_id=str(i))
+        m.commit()
+    # Each image's last line is in its own "submitted" file: 40 files hold only superseded lines.
+    assert len(_journal_files(path)) == 20
+    for i in range(20):
+        m.touch(m.hold(f"/img/{i:02d}.png"), status=SUCCESS, prompts=[f"p{i}"])
+    m.commit()
+    assert len(_journal_files(path)) == 1  # the one holding every newest line
+    records = {r.image: r for r in read_manifest(str(path))}
+    assert len(records) == 20 and all(r.status == SUCCESS and r.task_id for r in records.values())
+
+    # A manifest taken over from a checkpoint deletes the files of the records it carried, too.
+    m2 = Manifest(str(tmp_path / "n.jsonl"), freeze_finished=True)
+    for i in range(5):
+        m2.touch(m2.add(f"/img/{i}.png"), status=SUBMITTED, task_id=str(i))
+        m2.commit()
+    state = m2.checkpoint_state([])
+    resumed = Manifest.resume(str(tmp_path / "n.jsonl"), state)
+    for image in list(state["lines"]):
+        resumed.touch(resumed.hold(image), status=SUCCESS)
+    resumed.commit()
+    assert len(_journal_files(tmp_path / "n.jsonl")) == 1
+    assert {r.status for r in read_manifest(str(tmp_path / "n.jsonl"))} == {SUCCESS}
