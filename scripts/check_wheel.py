@@ -83,7 +83,9 @@ def build(dist: Path) -> Path:
 def install(wheel: Path, venv: Path) -> Path:
     """Create a clean virtualenv and install the wheel (with the emulator extra) and pinned Airflow."""
     started = time.monotonic()
-    run([base_python(), "-m", "venv", str(venv)], cwd=venv.parent)
+    # Without PYTHONPATH: pip must not find this checkout's package already "installed" there.
+    env = clean_env()
+    run([base_python(), "-m", "venv", str(venv)], cwd=venv.parent, env=env)
     python = venv / "bin" / "python"
     cmd = [
         str(python),
@@ -98,8 +100,8 @@ def install(wheel: Path, venv: Path) -> Path:
     constraints = constraints_file()
     if constraints:
         cmd += ["-c", str(constraints)]
-    run(cmd, cwd=venv.parent, timeout=900)
-    run([str(python), "-m", "pip", "check"], cwd=venv.parent)
+    run(cmd, cwd=venv.parent, env=env, timeout=900)
+    run([str(python), "-m", "pip", "check"], cwd=venv.parent, env=env)
     step(
         f"installed the wheel into a clean virtualenv {venv} "
         f"({'constraints ' + constraints.name if constraints else 'no constraints file'}; "
@@ -127,9 +129,24 @@ print(json.dumps({
 """
 
 
+def clean_env(drop_prefix: str | None = None) -> dict[str, str]:
+    """
+    This environment without ``PYTHONPATH``/``PYTHONHOME`` (nothing from the checkout) and without
+    ``PYTHONDONTWRITEBYTECODE``: the wheel is installed with ``--no-compile``, so the first process of
+    the check compiles what it imports and the next ones (``db migrate``, ``providers list``, ``dags
+    test``) read that bytecode instead of compiling Airflow again (about 6 s of CPU each on 2 cores).
+    """
+    dropped = ("PYTHONPATH", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE")
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in dropped and not (drop_prefix and k.startswith(drop_prefix))
+    }
+
+
 def inspect(python: Path, venv: Path, work: Path) -> dict:
     """Check the installed package comes from the virtualenv, not from this checkout."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env = clean_env()
     info = json.loads(run([str(python), "-c", INSPECT], cwd=work, env=env).strip().splitlines()[-1])
     if not info["file"].startswith(str(venv)) or str(REPO) in info["file"]:
         raise CheckFailed(f"the provider was imported from {info['file']}, not from the clean virtualenv")
@@ -179,7 +196,7 @@ def run_demo(python: Path, work: Path, sample_images: str) -> dict:
     for directory in (home, dags):
         directory.mkdir(parents=True, exist_ok=True)
     shutil.copy2(DEMO_DAG, dags / DEMO_DAG.name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "PYTHONPATH"}
+    env = clean_env("AIRFLOW")
     env.update(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__DAGS_FOLDER=str(dags),
