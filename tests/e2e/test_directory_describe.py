@@ -94,7 +94,6 @@ def test_the_batch_dag_describes_200_images_each_unique_one_submitted_once(batch
     run = batch_run.run
     assert run.returncode == 0, run.output[-4000:]
     assert run.state == "success"
-    assert batch_run.seconds < 90, f"took {batch_run.seconds:.0f}s"
     records = {r.image: r for r in read_manifest(batch_run.manifest)}
     assert set(records) == {str(p) for p in tree.images}
     assert all(r.status == "SUCCESS" and len(r.prompts) == 4 for r in records.values())

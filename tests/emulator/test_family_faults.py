@@ -108,8 +108,9 @@ def test_notify_hook_gets_the_family_job_with_buttons(start_emulator, client_for
         time.sleep(0.02)
     final = next(body for body in received if body["status"] == "SUCCESS")
     assert final["id"] == task_id and final["action"] == "IMAGINE" and len(final["buttons"]) == 9
-    statuses = [body["status"] for body in received]
-    assert statuses[0] == "NOT_START" and "IN_PROGRESS" in statuses
+    # Every status change is called back; under load two callbacks may arrive out of order.
+    statuses = {body["status"] for body in received}
+    assert {"NOT_START", "IN_PROGRESS", "SUCCESS"} <= statuses, statuses
 
 
 def test_token_is_required(start_emulator, client_for):
