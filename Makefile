@@ -9,6 +9,15 @@ STAMP := $(VENV)/.installed
 PYVER = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 CONSTRAINTS ?= constraints/airflow-$(AIRFLOW_VERSION)-py$(PYVER).txt
 EXTRAS ?= test,integration
+# The installer of the pinned set: uv (pip installs it into the venv first; the same constraints, in
+# about a quarter of pip's time on 2 cores, bytecode compiled as pip does), or INSTALLER=pip.
+INSTALLER ?= uv
+UV_VERSION ?= 0.13.9
+ifeq ($(INSTALLER),uv)
+INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode
+else
+INSTALL = $(BIN)/python -m pip install --quiet
+endif
 
 .PHONY: venv demo test test-fast lint bench integration clean dist check-wheel
 
@@ -16,10 +25,10 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile $(wildcard constraints/*.txt)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	@if [ -f "$(CONSTRAINTS)" ]; then echo "pip install with constraints $(CONSTRAINTS)"; \
-	  else echo "no $(CONSTRAINTS) for this Python: pip resolves without constraints"; fi
-	$(BIN)/python -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)" -e ".[$(EXTRAS)]" \
+	$(BIN)/python -m pip install --quiet --upgrade pip $(if $(filter uv,$(INSTALLER)),"uv==$(UV_VERSION)")
+	@if [ -f "$(CONSTRAINTS)" ]; then echo "$(INSTALLER) install with constraints $(CONSTRAINTS)"; \
+	  else echo "no $(CONSTRAINTS) for this Python: $(INSTALLER) resolves without constraints"; fi
+	$(INSTALL) "apache-airflow==$(AIRFLOW_VERSION)" -e ".[$(EXTRAS)]" \
 	  $(if $(wildcard $(CONSTRAINTS)),-c $(CONSTRAINTS))
 	touch $(STAMP)
 

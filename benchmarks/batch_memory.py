@@ -84,20 +84,24 @@ CHILD = textwrap.dedent(
         prof.enable()
     started = time.process_time()
     rounds = 0
+    # Each round keeps only the trigger and the kwargs of its deferral: not the exception, whose
+    # traceback would keep the round's operator (and its manifest) alive, as a new process would not.
+    deferral = None
     try:
         summary = op.execute(ctx)
     except TaskDeferred as deferred:
-        current = deferred
-        while True:
-            rounds += 1
-            event = asyncio.run(first_event(current.trigger))
-            try:
-                # "manifest": what a resume without its checkpoint does (reads the whole manifest).
-                kwargs = dict(current.kwargs or {}) if from_checkpoint else {}
-                summary = new_operator().execute_complete(ctx, event, **kwargs)
-                break
-            except TaskDeferred as again:
-                current = again
+        deferral = (deferred.trigger, dict(deferred.kwargs or {}))
+    del op
+    while deferral is not None:
+        rounds += 1
+        trigger, kwargs = deferral
+        event = asyncio.run(first_event(trigger))
+        deferral = None
+        try:
+            # "manifest": what a resume without its checkpoint does (reads the whole manifest).
+            summary = new_operator().execute_complete(ctx, event, **(kwargs if from_checkpoint else {}))
+        except TaskDeferred as again:
+            deferral = (again.trigger, dict(again.kwargs or {}))
     cpu = time.process_time() - started
     if prof:
         prof.disable()
