@@ -474,6 +474,40 @@ def _fs(path: ObjectStoragePath) -> AbstractFileSystem:
         return path.__wrapped__.fs
 
 
+class _Child:
+    """
+    A file of a manifest's directory, by name: what the storage helpers below need, without a path
+    object per file. pathlib interns every name it parses and that table never shrinks, so a path
+    object per journal file (about two an image) would be memory the batch never gets back.
+    """
+
+    __slots__ = ("name", "parent")
+
+    def __init__(self, parent: ObjectStoragePath, name: str) -> None:
+        self.parent = parent
+        self.name = name
+
+    @property
+    def protocol(self) -> str:
+        return self.parent.protocol
+
+    @property
+    def path(self) -> str:
+        return f"{self.parent.path.rstrip('/')}/{self.name}"
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        return _fs(self.parent)
+
+    def __str__(self) -> str:
+        return f"{str(self.parent).rstrip('/')}/{self.name}"
+
+
+def child(directory: ObjectStoragePath, name: str) -> Any:
+    """The file ``name`` in ``directory``, for the storage helpers of this module."""
+    return _Child(directory, name)
+
+
 def _read_bytes(path: ObjectStoragePath) -> bytes | None:
     IO["reads"] += 1
     try:
@@ -1145,7 +1179,7 @@ class Manifest:
         lines = [_render_line(record) for record in changed]
         data = b"".join(lines)
         name = f"{self._rev:012d}-{uuid.uuid4().hex[:8]}.jsonl"
-        _write_new(self.journal_dir / name, data)
+        _write_new(_Child(self.journal_dir, name), data)
         number = self._next_file
         self._next_file += 1
         self._files[number] = name.encode()
@@ -1286,7 +1320,7 @@ class Manifest:
                 elif record is not None:
                     yield _render_line(record)
 
-        size = _write_stream(self.journal_dir / name, lines())
+        size = _write_stream(_Child(self.journal_dir, name), lines())
         self.writes += 1
         self.bytes_written += size
         return name
@@ -1332,7 +1366,7 @@ class Manifest:
         """The snapshot (empty) or a journal file by name, made when needed (not kept per file)."""
         if isinstance(name, bytes):
             name = name.decode()
-        return self.journal_dir / name if name else self.path
+        return _Child(self.journal_dir, name) if name else self.path  # type: ignore[return-value]
 
     def close(self) -> None:
         """Close the files opened to read stored records back."""

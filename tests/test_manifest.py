@@ -454,3 +454,24 @@ def test_journal_files_holding_only_superseded_lines_are_deleted_before_any_snap
     resumed.commit()
     assert len(_journal_files(tmp_path / "n.jsonl")) == 1
     assert {r.status for r in read_manifest(str(tmp_path / "n.jsonl"))} == {SUCCESS}
+
+
+def test_journal_files_are_written_and_read_back_without_a_path_object_each(tmp_path, monkeypatch):
+    # pathlib interns every name it parses, for good: a path object per journal file (two an image)
+    # would be memory a 100,000-image batch never gets back.
+    from airflow.sdk import ObjectStoragePath
+
+    m = Manifest(str(tmp_path / "m.jsonl"), freeze_finished=True)
+
+    def no_path_per_file(self, other):
+        raise AssertionError(f"a path object was made for {other!r}")
+
+    monkeypatch.setattr(ObjectStoragePath, "__truediv__", no_path_per_file)
+    for i in range(5):
+        m.touch(m.add(f"/img/{i}.png"), status=SUCCESS, prompts=[f"p{i}"])
+        m.commit()
+    assert m.get("/img/3.png").prompts == ["p3"]  # read back from its journal file
+    assert m.flush(force=True)
+    assert m.get("/img/4.png").prompts == ["p4"]  # and from the snapshot
+    monkeypatch.undo()
+    assert len(read_manifest(str(tmp_path / "m.jsonl"))) == 5

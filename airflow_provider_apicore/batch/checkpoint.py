@@ -17,7 +17,14 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_apicore.manifest import CHECKPOINT_PREFIX, Manifest, _delete, _read_bytes, write_atomic
+from airflow_provider_apicore.manifest import (
+    CHECKPOINT_PREFIX,
+    Manifest,
+    _delete,
+    _read_bytes,
+    child,
+    write_atomic,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_apicore.batch.loop import BatchLoop
@@ -42,7 +49,7 @@ def save_checkpoint(loop: BatchLoop) -> str:
     if manifest.before_write is not None:
         manifest.before_write()
     name = f"{CHECKPOINT_PREFIX}{uuid.uuid4().hex[:12]}.json"
-    write_atomic(manifest.journal_dir / name, data)
+    write_atomic(child(manifest.journal_dir, name), data)
     manifest.writes += 1
     manifest.bytes_written += len(data)
     return name
@@ -54,7 +61,7 @@ def load_checkpoint(path: Any, name: str, flush_interval: float) -> tuple[Manife
     is missing or unreadable (the caller then reads the whole manifest).
     """
     manifest = Manifest(path, flush_interval, freeze_finished=True)
-    data = _read_bytes(manifest.journal_dir / name)
+    data = _read_bytes(child(manifest.journal_dir, name))
     if data is None:
         log.warning("No checkpoint %s next to %s: reading the whole manifest instead", name, manifest.path)
         return None
@@ -74,7 +81,7 @@ def load_checkpoint(path: Any, name: str, flush_interval: float) -> tuple[Manife
 def remove_checkpoint(manifest: Manifest, name: str | None) -> None:
     """Delete a checkpoint once a newer one is written (or the batch is finished)."""
     if name:
-        _delete(manifest.journal_dir / name)
+        _delete(child(manifest.journal_dir, name))
 
 
 def encode_prefixes(prefixes: set[int]) -> str:
