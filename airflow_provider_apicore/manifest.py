@@ -1301,19 +1301,22 @@ class Manifest:
         return True
 
     # -- the queue of a deferred batch, in storage (see airflow_provider_apicore.batch.work_queue)
-    def write_plan(self, images: Iterable[str]) -> str:
+    def write_plan(self, images: Iterable[str]) -> tuple[str, int]:
         """
         Write the records of ``images``, in order, to a new plan file next to the journal; return its
-        name. A batch that defers keeps the images still to submit there instead of in memory: each
-        resume reads only the next few from it (:meth:`read_plan`).
+        name and the number of lines written. A batch that defers keeps the images still to submit
+        there instead of in memory: each resume reads only the next few from it (:meth:`read_plan`).
         """
         if self.before_write is not None:
             self.before_write()
         name = f"{PLAN_PREFIX}{uuid.uuid4().hex[:12]}.jsonl"
+        written = 0
 
         def lines() -> Iterator[bytes]:
+            nonlocal written
             for image in images:
-                record = self.records.get(image)
+                record = self._lookup(image)
+                written += record is not None
                 if isinstance(record, StoredRecord):
                     source = self._path_of(self._files[record._file])
                     yield self._reader.read(source, record._offset, record._length)
@@ -1323,7 +1326,7 @@ class Manifest:
         size = _write_stream(_Child(self.journal_dir, name), lines())
         self.writes += 1
         self.bytes_written += size
-        return name
+        return name, written
 
     def read_plan(self, name: str, offset: int, max_bytes: int) -> list[tuple[str, int]]:
         """

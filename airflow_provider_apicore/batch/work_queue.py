@@ -83,9 +83,9 @@ class WorkQueue:
         the keys in memory are written to a new plan first (once per try that defers).
         """
         if self.plan is None and len(self.front) > PLAN_FROM:
-            self.plan = manifest.write_plan(self.front)
+            self.plan, written = manifest.write_plan(self.front)
             self.manifest = manifest
-            self.offset, self.remaining = 0, len(self.front)
+            self.offset, self.remaining = 0, written
             self.front.clear()
             self._read.clear()
         return {
